@@ -1,0 +1,38 @@
+# One entry point per job. `make repro` and `make test` each create .venv on first use, so either
+# works as the first command on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup repro test test-all check bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, alone: the CPU build must be in place before anything can pull a CUDA one
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv with pinned versions and msr installed (editable)
+
+repro: setup  ## run the DVC pipeline of params.yaml (the tiny preset by default)
+	dvc repro
+
+test: setup  ## the default test suite (fast, CPU)
+	$(PY) -m pytest -q
+
+test-all: setup  ## include slow tests (multi-process, long runs)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+check: setup  ## lint, format check, type check, fast tests
+	ruff check .
+	ruff format --check .
+	mypy
+	$(PY) -m pytest -q -x
+
+bench: setup  ## projector benchmark (reports/projectors_bench.{json,md})
+	msr projectors bench
+
+clean-venv:
+	rm -rf $(VENV)

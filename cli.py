@@ -1,0 +1,139 @@
+"""`msr`: the command line. Each command parses its options, loads typed params and calls a stage."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+app = typer.Typer(
+    help="MS-Resampler: multi-scope visual projectors for multimodal LLMs, and the pipeline that "
+    "reproduces the paper (stages of dvc.yaml are subcommands).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+preset_app = typer.Typer(help="List, show and activate named presets.", no_args_is_help=True)
+projectors_app = typer.Typer(help="The projector zoo: list and benchmark.", no_args_is_help=True)
+app.add_typer(preset_app, name="preset")
+app.add_typer(projectors_app, name="projectors")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params YAML (a preset file works too).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override one value, e.g. --set projector.num_queries=64 (repeatable)."
+    ),
+]
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+    )
+
+
+def _load(params: Path, sets: list[str] | None):  # -> msr.config.Params
+    from msr.config import ParamsError, load_params
+
+    try:
+        return load_params(params, sets or ())
+    except ParamsError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(2)
+
+
+@preset_app.command("list")
+def preset_list() -> None:
+    """List the presets shipped with msr."""
+    from msr.presets import list_presets, preset_text
+
+    table = Table("preset", "description")
+    for name in list_presets():
+        head = " ".join(
+            line.lstrip("# ") for line in preset_text(name).splitlines() if line.startswith("#")
+        )
+        table.add_row(name, head.split(":", 1)[-1].split(". ")[0].strip().rstrip(".") + ".")
+    console.print(table)
+
+
+@preset_app.command("show")
+def preset_show(name: str) -> None:
+    """Print a preset's complete params YAML."""
+    from msr.presets import preset_text
+
+    try:
+        sys.stdout.write(preset_text(name))
+    except ValueError as err:
+        raise _fail(str(err)) from None
+
+
+@preset_app.command("use")
+def preset_use(
+    name: str,
+    out: Annotated[Path, typer.Option("--out", help="Where to write it.")] = Path("params.yaml"),
+) -> None:
+    """Make a preset the active params (writes params.yaml)."""
+    from msr.presets import preset_text
+    from msr.utils.io import atomic_write_text
+
+    try:
+        atomic_write_text(out, preset_text(name))
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    console.print(f"{out} now holds preset [bold]{name}[/bold]")
+
+
+@projectors_app.command("list")
+def projectors_list() -> None:
+    """List the registered projectors with their options and defaults."""
+    from msr.projectors import PROJECTORS, projector_options
+
+    table = Table("name", "what it is", "options (default)")
+    for name in sorted(PROJECTORS):
+        doc = (PROJECTORS[name].__doc__ or "").strip().splitlines()[0]
+        opts = ", ".join(f"{k}={v[1]!r}" for k, v in projector_options(name).items())
+        table.add_row(name, doc, opts)
+    console.print(table)
+
+
+@projectors_app.command("bench")
+def projectors_bench(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output directory (default: paths.reports).")
+    ] = None,
+) -> None:
+    """Benchmark every projector (fwd, fwd+bwd, fp32, bf16); write projectors_bench.{json,md}."""
+    _setup_logging()
+    from stages import projectors_bench
+
+    p = _load(params, set_)
+    result = projectors_bench.run(p, out)
+    for key, value in result["targets"].items():
+        console.print(f"{key}: {value}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""Typed params: one pydantic model per params.yaml section, unknown keys rejected.
+
+`load_params(path, overrides)` is the one entry point: it reads the YAML, applies `key.path=value`
+overrides (values parsed as YAML), validates, and raises `ParamsError` (a ValueError) naming the key
+path and the accepted keys or type on any mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DType = Literal["fp32", "bf16", "fp16"]
+Template = Literal["plain", "vicuna_v1", "chatml"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(Section):
+    """Where each stage writes; dvc.yaml names the same paths through `${paths.*}`."""
+
+    data: str = "data"
+    models: str = "data/models"
+    synth: str = "data/synth"
+    features: str = "data/features"
+    pretrain: str = "data/pretrain"
+    finetune: str = "data/finetune"
+    eval: str = "data/eval"
+    reports: str = "reports"
+
+
+class Data(Section):
+    """Training data: the synthetic set (tiny preset) or LLaVA's real json + image folders."""
+
+    source: Literal["synth", "llava"] = "synth"
+    pretrain_json: str | None = None  # LLaVA-Pretrain/blip_laion_cc_sbu_558k.json
+    pretrain_images: str | None = None  # LLaVA-Pretrain/images
+    instruct_json: str | None = None  # llava_v1_5_mix665k.json
+    instruct_images: str | None = None  # playground/data
+    strict: bool = False  # a bad sample is an error instead of a skip-report entry
+    shard_mb: int = Field(256, gt=0)
+
+
+class VisionBuild(Section):
+    """Config of a tower built from scratch (the tiny preset): CLIP vision, random init, fixed seed."""
+
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    seed: int = 0
+
+
+class Vision(Section):
+    """The frozen vision tower and which of its features the projector sees."""
+
+    model: str  # HF hub id or local path
+    revision: str | None = None
+    feature_layer: int = -2  # HF hidden_states index; −2 = penultimate block, before post-LN
+    select: Literal["patch", "cls_patch"] = "patch"
+    image_size: int = Field(336, gt=0)
+    patch_size: int = Field(14, gt=0)
+    aspect: Literal["pad", "crop"] = "pad"  # LLaVA-1.5 `image_aspect_ratio`
+    dtype: DType = "bf16"
+    build: VisionBuild | None = None
+
+    @model_validator(mode="after")
+    def _grid_divides(self) -> Vision:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
+            )
+        return self
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.image_size // self.patch_size
+        return side, side
+
+
+class LLMBuild(Section):
+    """Config of a Llama built from scratch (the tiny preset), with its own trained BPE tokenizer."""
+
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    seed: int = 0
+
+
+class LLM(Section):
+    """The language model and its conversation template."""
+
+    model: str  # HF hub id or local path
+    revision: str | None = None
+    template: Template = "vicuna_v1"
+    max_length: int = Field(2048, gt=0)
+    dtype: DType = "bf16"
+    build: LLMBuild | None = None
+
+
+class Projector(Section):
+    """Which projector, its token budget M, and per-projector options (checked against its signature)."""
+
+    name: str = "ms_resampler"
+    num_queries: int = Field(144, gt=0)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> Projector:
+        from msr.projectors import PROJECTORS, validate_options  # torch import kept lazy
+
+        if self.name not in PROJECTORS:
+            raise ValueError(
+                f"unknown projector {self.name!r}; known: {', '.join(sorted(PROJECTORS))}"
+            )
+        for name, opts in self.options.items():
+            if name not in PROJECTORS:
+                raise ValueError(
+                    f"options.{name}: no projector {name!r}; known: {', '.join(sorted(PROJECTORS))}"
+                )
+            validate_options(name, opts)
+        return self
+
+    @property
+    def active_options(self) -> dict[str, Any]:
+        """The options of the selected projector, type-checked."""
+        from msr.projectors import validate_options
+
+        return validate_options(self.name, self.options.get(self.name, {}))
+
+
+class Train(Section):
+    """One training stage (stage 1 `pretrain` or stage 2 `finetune`). Global batch =
+    per_device_batch × grad_accum × num_devices."""
+
+    lr: float = Field(gt=0)
+    per_device_batch: int = Field(gt=0)
+    grad_accum: int = Field(1, gt=0)
+    num_devices: int = Field(1, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    train_llm: bool = False
+    gradient_checkpointing: bool = False
+    launcher: Literal["none", "torchrun", "deepspeed"] = "none"
+    deepspeed: str | None = None  # path of a DeepSpeed json config (ZeRO stage etc.)
+    bf16: bool = True
+    seed: int = 0
+    save_every: int = Field(500, gt=0)
+    log_every: int = Field(10, gt=0)
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device_batch * self.grad_accum * self.num_devices
+
+
+class Eval(Section):
+    """Benchmarks to run and how to generate."""
+
+    benchmarks: list[str] = Field(default_factory=list)
+    root: str | None = None  # LLaVA's playground/data/eval, for the real benchmarks
+    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(128, gt=0)
+    reference: str | None = None  # a reports/eval.json to compute the paper's "Avg." against
+
+
+class Profile(Section):
+    """Efficiency profiling (Table 7): a typical prompt and the timing protocol."""
+
+    text_tokens: int = Field(64, ge=0)
+    decode_tokens: int = Field(32, gt=0)
+    repeats: int = Field(5, gt=0)
+    warmup: int = Field(1, ge=0)
+
+
+class BenchScale(Section):
+    """One problem size of the projector benchmark."""
+
+    batch: int = Field(gt=0)
+    grid: tuple[int, int]
+    vision_dim: int = Field(gt=0)
+    llm_dim: int = Field(gt=0)
+    num_queries: int = Field(gt=0)
+
+
+class Bench(Section):
+    """`msr projectors bench`: every projector, forward and forward+backward, timed side by side."""
+
+    projectors: list[str] = Field(default_factory=list)  # empty: every registered projector
+    scales: dict[str, BenchScale]
+    dtypes: list[Literal["fp32", "bf16"]] = ["fp32", "bf16"]
+    repeats: int = Field(5, gt=0)
+    warmup: int = Field(1, ge=0)
+    threads: int | None = Field(None, gt=0)
+
+    @field_validator("projectors")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        from msr.projectors import PROJECTORS
+
+        unknown = [n for n in names if n not in PROJECTORS]
+        if unknown:
+            raise ValueError(
+                f"unknown projector(s) {unknown}; known: {', '.join(sorted(PROJECTORS))}"
+            )
+        return names
+
+
+class Params(Section):
+    """The whole params.yaml."""
+
+    paths: Paths = Field(default_factory=Paths)
+    data: Data = Field(default_factory=Data)
+    vision: Vision
+    llm: LLM
+    projector: Projector = Field(default_factory=Projector)
+    pretrain: Train
+    finetune: Train
+    eval: Eval = Field(default_factory=Eval)
+    profile: Profile = Field(default_factory=Profile)
+    bench: Bench
+
+
+class ParamsError(ValueError):
+    """A params file or override that does not fit the schema."""
+
+
+def load_params(path: str | Path, overrides: Iterable[str] = ()) -> Params:
+    """The typed params of a YAML file with `key.path=value` overrides applied."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"params file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return parse_params(raw, source=str(path))
+
+
+def parse_params(raw: Mapping[str, Any], source: str = "params") -> Params:
+    """Validate a params mapping; ParamsError names every offending key path."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(f"{source}: " + "; ".join(_describe(e) for e in err.errors())) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `key.path=value` override in place; the value is parsed as YAML (`[2, 6, 24]`, `1e-3`)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"override {item!r} must look like key.path=value")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"override {item!r}: value is not valid YAML: {err}") from None
+    node = raw
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ParamsError(
+                f"override {item!r}: {'.'.join(parts[: depth + 1])} is a value, not a section"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = [str(p) for p in error["loc"]]
+    where = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(error["loc"][:-1])
+        return f"unknown key {where!r}; allowed keys here: {', '.join(allowed)}"
+    if error["type"] == "missing":
+        return f"missing key {where!r}"
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    return (
+        f"{where}: {msg} (got {error.get('input')!r})"
+        if error["type"] != "value_error"
+        else f"{where}: {msg}"
+    )
+
+
+def _allowed_keys(loc: Iterable[Any]) -> list[str]:
+    """Field names of the model found at `loc` inside Params."""
+    model: Any = Params
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if model is None:
+            return []
+    return sorted(model.model_fields)

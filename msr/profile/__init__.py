@@ -1,0 +1,1 @@
+"""Efficiency measurement: timing protocol, MAC counting, the projector benchmark."""

@@ -1,0 +1,60 @@
+"""Timing protocol: warm-up, then repeats taken round-robin across candidates, medians reported.
+
+Round-robin order means every candidate sees the same machine state (thermal, other load), so the
+ratios between candidates are what a benchmark should report, not absolute times.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and spread (min, max) of repeated runs, in milliseconds."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_round_robin(
+    candidates: Mapping[str, Callable[[], object]], repeats: int, warmup: int
+) -> dict[str, Timing]:
+    """Time every candidate `repeats` times, interleaved, after `warmup` untimed calls each."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            _sync()
+            start = time.perf_counter()
+            fn()
+            _sync()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {
+        name: Timing(statistics.median(ts), min(ts), max(ts), len(ts))
+        for name, ts in samples.items()
+    }
+
+
+def matmul_peak_gflops(
+    dtype: torch.dtype, size: int = 2048, repeats: int = 5, device: str = "cpu"
+) -> float:
+    """Achieved GFLOP/s of one square matmul: the reference 'peak' for this machine and dtype."""
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    timing = time_round_robin({"mm": lambda: a @ b}, repeats=repeats, warmup=1)["mm"]
+    return 2 * size**3 / (timing.min_ms * 1e-3) / 1e9

@@ -1,0 +1,36 @@
+"""The projector zoo: every projector maps vision features (B, N, d) to LLM tokens (B, M, c).
+
+Each module below registers its class; `build_projector(name, ...)` is the one way to make one.
+"""
+
+from msr.projectors import (  # noqa: F401  (imported for their @register_projector side effect)
+    avgpool,
+    c_abstractor,
+    ldp_v2,
+    mlp,
+    ms_resampler,
+    pixel_shuffle,
+    resampler,
+    tokenpacker,
+)
+from msr.projectors.base import Projector
+from msr.projectors.registry import (
+    PROJECTORS,
+    build_projector,
+    projector_class,
+    projector_options,
+    register_projector,
+    validate_options,
+)
+from msr.projectors.scope import scope_bias
+
+__all__ = [
+    "PROJECTORS",
+    "Projector",
+    "build_projector",
+    "projector_class",
+    "projector_options",
+    "register_projector",
+    "scope_bias",
+    "validate_options",
+]

@@ -1,0 +1,1 @@
+"""Human-readable reports (markdown tables, plots) rendered from json results."""

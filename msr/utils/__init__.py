@@ -1,0 +1,1 @@
+"""Small helpers with no ML in them: atomic artifact writes, logging setup."""

@@ -1,0 +1,1 @@
+"""One module per DVC stage: each takes typed params, calls msr, and writes the stage's outs."""

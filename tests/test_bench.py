@@ -1,0 +1,79 @@
+"""Benchmark plumbing: timing protocol, MAC counting fix, target computation."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from msr.config import Bench, BenchScale
+from msr.profile.flops import counted_macs
+from msr.profile.projector_bench import REFERENCE, flatten, ms_resampler_formula_macs, nest, targets
+from msr.profile.timing import time_round_robin
+
+PAPER = BenchScale(batch=4, grid=(24, 24), vision_dim=1024, llm_dim=4096, num_queries=144)
+
+
+def test_round_robin_medians_order_candidates() -> None:
+    timings = time_round_robin(
+        {"fast": lambda: None, "slow": lambda: time.sleep(0.01)}, repeats=3, warmup=1
+    )
+    assert timings["slow"].median_ms > timings["fast"].median_ms
+    assert (
+        timings["slow"].repeats == 3
+        and timings["slow"].min_ms <= timings["slow"].median_ms <= timings["slow"].max_ms
+    )
+
+
+def test_depthwise_conv_backward_is_counted_exactly() -> None:
+    """torch's formula ignores groups in the weight gradient; ours counts each product once per gradient."""
+    conv = torch.nn.Conv2d(16, 16, 3, padding=1, groups=16)
+    x = torch.randn(2, 16, 8, 8, requires_grad=True)
+    forward = 2 * 16 * 8 * 8 * 9
+    assert counted_macs(lambda: conv(x)) == forward
+
+    def step() -> None:
+        conv(x).sum().backward()
+
+    assert counted_macs(step) == 3 * forward  # forward, grad input, grad weight
+
+
+def test_formula_matches_design() -> None:
+    # 3 branches × (4 × (2·144·576·1024 + 144·1024·4096) + 144·4096·1024)
+    assert ms_resampler_formula_macs(PAPER, 3) == 3 * (4 * 773_849_088 + 603_979_776)
+
+
+def _row(name: str, dtype: str, mode: str, ms: float, macs: int = 0) -> dict[str, object]:
+    return {
+        "projector": name,
+        "scale": "paper",
+        "dtype": dtype,
+        "mode": mode,
+        "median_ms": ms,
+        "macs_counted": macs,
+        "ratio_to_mlp": None,
+    }
+
+
+def test_targets_report_met_and_not_met() -> None:
+    bench = Bench(scales={"paper": PAPER}, dtypes=["fp32"])
+    formula = ms_resampler_formula_macs(PAPER, 3)
+    rows = [
+        _row("ms_resampler", "fp32", "forward+backward", 100.0),
+        _row(REFERENCE, "fp32", "forward+backward", 250.0),
+        {**_row("ms_resampler", "fp32", "forward", 10.0, int(formula * 1.01)), "ratio_to_mlp": 0.4},
+    ]
+    t = targets(rows, bench, {})
+    assert t["speedup_vs_textbook_fwd_bwd"]["fp32"] == {"speedup": 2.5, "target": 3.0, "met": False}
+    assert t["forward_vs_mlp"]["fp32"]["met"]
+    assert (
+        t["macs_vs_formula"]["met"]
+        and abs(t["macs_vs_formula"]["relative_difference"] - 0.01) < 1e-6
+    )
+
+
+def test_nest_round_trips() -> None:
+    rows = [_row("mlp", "fp32", "forward", 1.0), _row("mlp", "bf16", "forward", 2.0)]
+    assert sorted(flatten(nest(rows)), key=lambda r: r["dtype"]) == sorted(
+        rows, key=lambda r: r["dtype"]
+    )

@@ -1,0 +1,118 @@
+"""The `msr` command line: help, presets, overrides, projector listing and benchmark."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli import app
+from msr.config import load_params
+from msr.presets import load_preset, preset_path
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("preset", "projectors"):
+        assert command in result.output
+
+
+def test_console_script_is_installed() -> None:
+    beside = Path(sys.executable).parent / "msr"  # the venv's bin/, even when it is not on PATH
+    exe = str(beside) if beside.exists() else shutil.which("msr")
+    assert exe is not None, "the msr console script is not installed (pip install -e .)"
+    out = subprocess.run([exe, "preset", "list"], capture_output=True, text=True, check=True)
+    assert "llava15-7b" in out.stdout
+
+
+def test_preset_show_prints_complete_valid_yaml() -> None:
+    result = runner.invoke(app, ["preset", "show", "llava15-7b"])
+    assert result.exit_code == 0
+    assert yaml.safe_load(result.output) == yaml.safe_load(preset_path("llava15-7b").read_text())
+
+
+def test_preset_use_writes_params(tmp_path: Path) -> None:
+    out = tmp_path / "params.yaml"
+    result = runner.invoke(app, ["preset", "use", "qwen25-3b", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert load_params(out) == load_preset("qwen25-3b")
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["preset", "use", "huge", "--out", str(tmp_path / "p.yaml")])
+    assert result.exit_code == 2
+    assert "unknown preset 'huge'" in result.output
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_projectors_list() -> None:
+    result = runner.invoke(app, ["projectors", "list"])
+    assert result.exit_code == 0
+    for name in ("ms_resampler", "c_abstractor", "tokenpacker", "kernels"):
+        assert name in result.output
+
+
+def small_bench_params(tmp_path: Path) -> Path:
+    raw = yaml.safe_load(preset_path("tiny").read_text())
+    raw["bench"] = {
+        "projectors": ["mlp", "ms_resampler", "avgpool"],
+        "scales": {
+            "tiny": {
+                "batch": 2,
+                "grid": [24, 24],
+                "vision_dim": 32,
+                "llm_dim": 48,
+                "num_queries": 36,
+            }
+        },
+        "dtypes": ["fp32"],
+        "repeats": 1,
+        "warmup": 0,
+        "threads": None,
+    }
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_projectors_bench_writes_reports(tmp_path: Path) -> None:
+    params = small_bench_params(tmp_path)
+    result = runner.invoke(
+        app, ["projectors", "bench", "--params", str(params), "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "r" / "projectors_bench.json").read_text())
+    rows = data["results"]["tiny"]["fp32"]
+    assert set(rows["forward"]) == {"mlp", "ms_resampler", "ms_resampler (textbook)", "avgpool"}
+    assert rows["forward"]["mlp"]["ratio_to_mlp"] == 1.0
+    assert (
+        rows["forward"]["ms_resampler"]["macs_counted"]
+        == rows["forward"]["ms_resampler"]["macs_analytic"]
+    )
+    assert rows["forward+backward"]["mlp"]["macs_counted"] > rows["forward"]["mlp"]["macs_counted"]
+    md = (tmp_path / "r" / "projectors_bench.md").read_text()
+    assert "| `ms_resampler` | 36 |" in md
+
+
+def test_bad_override_exits_with_the_key(tmp_path: Path) -> None:
+    params = small_bench_params(tmp_path)
+    result = runner.invoke(
+        app, ["projectors", "bench", "--params", str(params), "--set", "bench.repeat=3"]
+    )
+    assert result.exit_code == 2
+    assert "unknown key 'bench.repeat'" in result.output
+
+
+@pytest.mark.parametrize("args", [["projectors", "bench", "--params", "missing.yaml"]])
+def test_missing_params_file(args: list[str]) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "does not exist" in result.output
