@@ -1,5 +1,7 @@
 """Average-pooling baseline: the exact mean of each of M regions of the patch grid, then LLaVA's
-`mlp2x_gelu` (pooling before the MLP, so the MLP runs on M tokens, not N).
+`mlp2x_gelu` (pooling before the MLP, so the MLP runs on M tokens, not N). Pooling visual tokens is
+a strong compression baseline (Chen et al., "Efficient Large Multi-modal Models via Visual Context
+Compression", arXiv 2406.20092).
 """
 
 from __future__ import annotations

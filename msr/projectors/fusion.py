@@ -67,7 +67,7 @@ class _ChannelMLP(torch.autograd.Function):
         for cols in _blocks(z, w1.shape[0]):
             zc, gc = z[:, cols], grad[:, cols]
             pre = torch.addmm(b1[:, None], w1, zc)  # (h, P_blk), recomputed
-            gw2 += (gc @ F.gelu(pre).T).to(acc)  # (1, P_blk) x (P_blk, h) -> (1, h)
+            gw2 += torch.mv(F.gelu(pre), gc[0]).to(acc)  # (h, P_blk) x (P_blk,) -> (h,) = w₂ row
             gpre = torch.ops.aten.gelu_backward(w2.T * gc, pre)  # (h, P_blk)
             gw1 += (gpre @ zc.T).to(acc)  # (h, P_blk) x (P_blk, E) -> (h, E)
             gb1 += gpre.sum(dim=1, dtype=acc)
@@ -80,7 +80,7 @@ class _ChannelMLP(torch.autograd.Function):
 def _blocks(z: Tensor, hidden: int) -> list[slice]:
     """Column blocks of z whose (h, P_blk) activations fit in cache on CPU; one block on GPU."""
     total = z.shape[1]
-    step = total if z.device.type != "cpu" else max(1024, (1 << 18) // hidden)
+    step = total if z.device.type != "cpu" else max(1024, (1 << 21) // hidden)
     return [slice(i, min(i + step, total)) for i in range(0, total, step)]
 
 

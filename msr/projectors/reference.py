@@ -40,7 +40,7 @@ def reference_branches(module: MSResampler, x: Tensor) -> list[Tensor]:
         )
         bias = bias.to(x)
         K = x @ att.key_weight[e].T  # (B, N, c)
-        V = x @ att.value_weight[e].T  # (B, N, c)
+        V = x @ att.value_weight[e]  # (B, N, c)
         if att.value_bias is not None:
             V = V + att.value_bias[e]
         heads = []

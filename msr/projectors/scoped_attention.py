@@ -64,11 +64,15 @@ class ScopedAttention(nn.Module):
         self.vision_dim, self.llm_dim, self.num_queries = vision_dim, llm_dim, num_queries
         self.branches, self.num_heads, self.order = branches, num_heads, order
         self.head_dim = llm_dim // num_heads
+        # Layouts are chosen so the reassociated products read each weight without a transpose
+        # (and its gradient lands contiguous): W_Kᵀ as (E, c, d), W_V as (E, d, c), as in V = X W_V.
         self.query = nn.Parameter(torch.empty(branches, num_queries, llm_dim))  # Q^(e): (E, M, c)
-        self.key_weight = nn.Parameter(torch.empty(branches, llm_dim, vision_dim))  # W_K: (E, c, d)
-        self.value_weight = nn.Parameter(
+        self.key_weight = nn.Parameter(
             torch.empty(branches, llm_dim, vision_dim)
-        )  # W_V: (E, c, d)
+        )  # W_Kᵀ: (E, c, d)
+        self.value_weight = nn.Parameter(
+            torch.empty(branches, vision_dim, llm_dim)
+        )  # W_V: (E, d, c)
         self.value_bias = nn.Parameter(torch.zeros(branches, llm_dim)) if value_bias else None
         self.reset_parameters()
 
@@ -116,7 +120,9 @@ class ScopedAttention(nn.Module):
         p = torch.softmax(logits, dim=-1, dtype=torch.float32).to(x.dtype)
         px = torch.bmm(p, x)  # (B, E·h·M, N) x (B, N, d) -> (B, E·h·M, d)
         px = px.view(B, E, h, M, d).permute(1, 2, 0, 3, 4).reshape(E, h, B * M, d)
-        wv = self.value_weight.view(E, h, ch, d).transpose(2, 3)  # (E, h, d, c_h)
+        wv = self.value_weight.view(E, d, h, ch).transpose(
+            1, 2
+        )  # (E, h, d, c_h), a view when h = 1
         out = torch.matmul(px, wv)  # (E, h, B·M, d) x (E, h, d, c_h) -> (E, h, B·M, c_h)
         out = out.permute(0, 2, 1, 3).reshape(E, B, M, h * ch)  # a view when h = 1
         return out if self.value_bias is None else out + self.value_bias[:, None, None, :]
@@ -125,7 +131,7 @@ class ScopedAttention(nn.Module):
         B, N, d = x.shape
         E, M, h, ch = self.branches, self.num_queries, self.num_heads, self.head_dim
         k = F.linear(x, self.key_weight.reshape(E * h * ch, d))  # (B, N, E·c)
-        v = F.linear(x, self.value_weight.reshape(E * h * ch, d))  # (B, N, E·c)
+        v = x @ self.value_weight.transpose(0, 1).reshape(d, E * h * ch)  # (B, N, E·c)
         k = k.view(B, N, E * h, ch).transpose(1, 2)  # (B, E·h, N, c_h)
         v = v.view(B, N, E * h, ch).transpose(1, 2)  # (B, E·h, N, c_h)
         q = self.query.view(E, M, h, ch).transpose(1, 2).reshape(1, E * h, M, ch)
