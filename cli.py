@@ -37,6 +37,9 @@ SetOpt = Annotated[
 
 
 def _setup_logging() -> None:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     logging.basicConfig(
         level=logging.INFO,
         format="%(message)s",
@@ -129,6 +132,104 @@ def projectors_bench(
     result = projectors_bench.run(p, out)
     for key, value in result["targets"].items():
         console.print(f"{key}: {value}")
+
+
+@app.command()
+def synth(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output directory (default: paths.synth).")
+    ] = None,
+) -> None:
+    """Generate the synthetic dataset (LLaVA training json + TextVQA/POPE/MMBench/GQA-style eval sets)."""
+    _setup_logging()
+    from stages import synth as stage
+
+    summary = stage.run(_load(params, set_), out)
+    console.print(summary)
+
+
+@app.command()
+def models(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Build the tiny preset's vision tower, LLM and tokenizer offline (when *.build is set)."""
+    _setup_logging()
+    from stages import models as stage
+
+    console.print(stage.run(_load(params, set_)))
+
+
+@app.command()
+def features(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    rank: Annotated[
+        int | None, typer.Option(help="This process's rank (default: RANK or 0).")
+    ] = None,
+    world_size: Annotated[
+        int | None, typer.Option(help="Number of processes (default: WORLD_SIZE or 1).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Image decoding worker processes (default: cores − 2, at least 0)."),
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check every finished shard's sha256.")
+    ] = False,
+    merge_only: Annotated[
+        bool, typer.Option("--merge-only", help="Only write the manifest.")
+    ] = False,
+) -> None:
+    """Encode training images with the frozen tower into WebDataset shards + a parquet manifest."""
+    _setup_logging()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from msr.data.llava import DataError
+    from msr.data.shards import ShardError
+    from stages import features as stage
+
+    p = _load(params, set_)
+    try:
+        if merge_only:
+            report = stage.merge_only(p)
+        else:
+            columns = (
+                TextColumn("encoding"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[rate]:.0f} img/s"),
+                TimeRemainingColumn(),
+            )
+            with Progress(*columns, console=err_console) as bar:
+                task = bar.add_task("encode", total=None, rate=0.0)
+                start = [0.0]
+
+                def on_plan(total: int) -> None:
+                    import time
+
+                    start[0] = time.perf_counter()
+                    bar.update(task, total=total)
+
+                def advance(n: int) -> None:
+                    import time
+
+                    done = bar.tasks[0].completed + n
+                    bar.update(
+                        task, advance=n, rate=done / max(time.perf_counter() - start[0], 1e-9)
+                    )
+
+                report = stage.run(
+                    p,
+                    rank=rank,
+                    world_size=world_size,
+                    workers=workers,
+                    verify=verify,
+                    progress=advance,
+                    on_plan=on_plan,
+                )
+    except (DataError, ShardError) as err:
+        raise _fail(str(err)) from None
+    console.print(report.summary())
 
 
 def main() -> None:

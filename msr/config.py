@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DType = Literal["fp32", "bf16", "fp16"]
 Template = Literal["plain", "vicuna_v1", "chatml"]
+Category = Literal["local_attribute", "glyph", "counting", "spatial", "existence", "global"]
 
 
 class Section(BaseModel):
@@ -35,16 +36,48 @@ class Paths(Section):
     reports: str = "reports"
 
 
-class Data(Section):
-    """Training data: the synthetic set (tiny preset) or LLaVA's real json + image folders."""
+class Synth(Section):
+    """The synthetic dataset: scene content, question categories and sizes (`msr synth`)."""
 
-    source: Literal["synth", "llava"] = "synth"
-    pretrain_json: str | None = None  # LLaVA-Pretrain/blip_laion_cc_sbu_558k.json
-    pretrain_images: str | None = None  # LLaVA-Pretrain/images
-    instruct_json: str | None = None  # llava_v1_5_mix665k.json
-    instruct_images: str | None = None  # playground/data
+    seed: int = 0
+    pretrain_images: int = Field(gt=0)
+    instruct_images: int = Field(gt=0)
+    text_only: int = Field(0, ge=0)  # text-only instruct records, like ShareGPT in mix665k
+    eval_images: int = Field(gt=0)  # scenes per evaluation set
+    turns: tuple[int, int] = (1, 3)  # question turns per instruct record (min, max)
+    categories: list[Category] = Field(min_length=1)  # what instruct records ask about
+    kinds: list[Literal["circle", "square", "triangle", "star"]] = Field(min_length=1)
+    colors: list[str] = Field(min_length=2)
+    backgrounds: list[str] = Field(min_length=1)
+    max_objects: int = Field(3, gt=0)
+    glyph_size: int = Field(56, ge=0)  # font size in pixels; 0 draws no glyphs
+    glyph_prob: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _known_colors(self) -> Synth:
+        from msr.data.synth.scene import COLORS
+
+        unknown = sorted(set(self.colors + self.backgrounds) - set(COLORS))
+        if unknown:
+            raise ValueError(f"unknown colour(s) {unknown}; known: {', '.join(COLORS)}")
+        if not 1 <= self.turns[0] <= self.turns[1]:
+            raise ValueError(f"turns={list(self.turns)} must be (min, max) with 1 ≤ min ≤ max")
+        return self
+
+
+class Data(Section):
+    """Training data in LLaVA's formats (json + image root) and how it is cached as features."""
+
+    pretrain_json: (
+        str  # LLaVA-Pretrain/blip_laion_cc_sbu_558k.json (or the synthetic pretrain.json)
+    )
+    pretrain_images: str  # image paths in the json are relative to this
+    instruct_json: str  # llava_v1_5_mix665k.json (or the synthetic instruct.json)
+    instruct_images: str
     strict: bool = False  # a bad sample is an error instead of a skip-report entry
     shard_mb: int = Field(256, gt=0)
+    encode_batch: int = Field(32, gt=0)
+    synth: Synth
 
 
 class VisionBuild(Section):
@@ -220,7 +253,7 @@ class Params(Section):
     """The whole params.yaml."""
 
     paths: Paths = Field(default_factory=Paths)
-    data: Data = Field(default_factory=Data)
+    data: Data
     vision: Vision
     llm: LLM
     projector: Projector = Field(default_factory=Projector)
@@ -229,6 +262,17 @@ class Params(Section):
     eval: Eval = Field(default_factory=Eval)
     profile: Profile = Field(default_factory=Profile)
     bench: Bench
+
+    @model_validator(mode="after")
+    def _built_models_live_under_paths_models(self) -> Params:
+        for name, section in (("vision", self.vision), ("llm", self.llm)):
+            expected = f"{self.paths.models}/{name}"
+            if section.build is not None and section.model.rstrip("/") != expected:
+                raise ValueError(
+                    f"{name}.build is set, so {name}.model must be {expected!r} (where the models stage "
+                    f"saves it), got {section.model!r}"
+                )
+        return self
 
 
 class ParamsError(ValueError):

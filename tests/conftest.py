@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from msr.config import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,3 +25,43 @@ def _seed() -> None:
 @pytest.fixture
 def repo_root() -> Path:
     return ROOT
+
+
+def tiny_params(root: Path, **sections: dict) -> Params:
+    """The tiny preset with every path under `root`, small synthetic sizes and a tiny LLM."""
+    import yaml
+
+    from msr.config import parse_params
+    from msr.presets import preset_path
+
+    raw = yaml.safe_load(preset_path("tiny").read_text())
+    raw["paths"] = {
+        k: str(root / v.removeprefix("data/")) if v.startswith("data") else str(root / v)
+        for k, v in raw["paths"].items()
+    }
+    synth, models = raw["paths"]["synth"], raw["paths"]["models"]
+    raw["data"].update(
+        pretrain_json=f"{synth}/pretrain.json",
+        pretrain_images=f"{synth}/pretrain_images",
+        instruct_json=f"{synth}/instruct.json",
+        instruct_images=synth,
+        shard_mb=1,
+        encode_batch=8,
+    )
+    raw["data"]["synth"].update(pretrain_images=10, instruct_images=14, text_only=3, eval_images=8)
+    raw["vision"]["model"], raw["llm"]["model"] = f"{models}/vision", f"{models}/llm"
+    for key, value in sections.items():
+        raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) else value
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Params:
+    """Synthetic data and tiny models, built once per test session (offline)."""
+    from stages import models, synth
+
+    root = tmp_path_factory.mktemp("tiny")
+    params = tiny_params(root)
+    synth.run(params)
+    models.run(params)
+    return params

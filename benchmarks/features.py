@@ -1,0 +1,211 @@
+"""Feature-caching throughput on the tiny preset, in one run:
+
+- encoder: the vision tower's forward alone on already-decoded, normalised batches (images/s);
+- pipeline: `msr features` end to end on the same images — read json, decode, prepare, encode,
+  write shards and manifest (images/s); overhead = 1 − pipeline / encoder, and, robust to this
+  machine's drift, the share of the pipeline's own wall time spent outside the tower forward;
+- loader: the training loader over the written shards (samples/s and batches/s).
+
+Repeats alternate between encoder and pipeline so both see the same machine state.
+Usage: python benchmarks/features.py [--params params.yaml] [--images 512] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from msr.config import load_params, parse_params
+from msr.data.features import Source, encode_features
+from msr.data.llava import read_llava_json
+from msr.models.preprocess import normalize, prepare
+from msr.models.vision import VisionTower
+from msr.profile.environment import environment
+from msr.utils.io import atomic_write_json, atomic_write_text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--images", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=0, help="decoding worker processes")
+    ap.add_argument("--out", default="reports/features_bench")
+    args = ap.parse_args()
+    params = load_params(args.params)
+    work = Path(tempfile.mkdtemp(prefix="msr-features-bench-"))
+    try:
+        result = run(params, work, args.images, args.repeats, args.workers)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    atomic_write_json(f"{args.out}.json", result)
+    atomic_write_text(f"{args.out}.md", render(result))
+    print(render(result))
+
+
+def run(params, work: Path, n_images: int, repeats: int, workers: int = 0) -> dict:  # type: ignore[no-untyped-def]
+    from stages import models, synth
+
+    raw = params.model_dump(mode="json")
+    if not Path(raw["data"]["instruct_json"]).exists() or not Path(raw["vision"]["model"]).exists():
+        raw["paths"].update(synth=str(work / "synth"), models=str(work / "models"))
+        raw["data"].update(
+            instruct_json=str(work / "synth/instruct.json"),
+            instruct_images=str(work / "synth"),
+            pretrain_json=str(work / "synth/pretrain.json"),
+            pretrain_images=str(work / "synth/pretrain_images"),
+        )
+        raw["vision"]["model"], raw["llm"]["model"] = (
+            str(work / "models/vision"),
+            str(work / "models/llm"),
+        )
+        params = parse_params(raw)
+        synth.run(params)
+        models.run(params)
+    d, v = params.data, params.vision
+    records = [r for r in read_llava_json(d.instruct_json, d.instruct_images).records if r.image][
+        :n_images
+    ]
+    subset = work / "subset.json"
+    subset.write_text(
+        json.dumps(
+            [
+                {
+                    "id": r.id,
+                    "image": r.image,
+                    "conversations": [{"from": a, "value": b} for a, b in r.conversations],
+                }
+                for r in records
+            ]
+        )
+    )
+    tower = VisionTower(
+        v.model, feature_layer=v.feature_layer, select=v.select, aspect=v.aspect, dtype=v.dtype
+    )
+    root = Path(d.instruct_images)
+    from PIL import Image
+
+    pixels = [prepare(Image.open(root / r.image), tower.spec) for r in records]
+    batches = [
+        normalize(torch.stack(pixels[i : i + d.encode_batch]), tower.spec, tower.dtype)
+        for i in range(0, len(pixels), d.encode_batch)
+    ]
+    tower(batches[0])  # warm-up
+
+    def encoder() -> float:
+        start = time.perf_counter()
+        for b in batches:
+            tower(b)
+        return len(records) / (time.perf_counter() - start)
+
+    def pipeline(k: int) -> tuple[float, float]:
+        out = work / f"features-{k}"
+        start = time.perf_counter()
+        report = encode_features(
+            [Source("instruct", subset, root)],
+            out,
+            tower,
+            shard_mb=d.shard_mb,
+            batch_size=d.encode_batch,
+            workers=workers,
+        )
+        elapsed = time.perf_counter() - start
+        assert report.images == len(records)
+        return len(records) / elapsed, 1 - report.encoder_seconds / elapsed
+
+    enc, pipe, inside = [], [], []
+    for k in range(repeats):
+        enc.append(encoder())
+        rate, share = pipeline(k)
+        pipe.append(rate)
+        inside.append(share)
+    loader = loader_rate(params, work / "features-0")
+    e, p = statistics.median(enc), statistics.median(pipe)
+    return {
+        "environment": environment(),
+        "images": len(records),
+        "batch": d.encode_batch,
+        "workers": workers,
+        "encoder_images_per_s": e,
+        "pipeline_images_per_s": p,
+        "overhead": 1 - p / e,
+        "overhead_in_run": statistics.median(inside),
+        "overhead_target": 0.15,
+        "overhead_met": statistics.median(inside) <= 0.15,
+        "repeats": {"encoder": enc, "pipeline": pipe},
+        "loader": loader,
+    }
+
+
+def loader_rate(params, features: Path) -> dict:  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    from msr.data.loader import ExampleStream
+    from msr.projectors import projector_class
+
+    tok = AutoTokenizer.from_pretrained(params.llm.model)
+    p = params.projector
+    m = (
+        params.vision.grid[0] * params.vision.grid[1]
+        if projector_class(p.name).keeps_all_tokens
+        else p.num_queries
+    )
+    ds = ExampleStream(
+        sorted(str(s) for s in features.glob("*.tar")),
+        tokenizer=tok,
+        template=params.llm.template,
+        num_image_tokens=m,
+        max_length=params.llm.max_length,
+        batch_size=params.finetune.per_device_batch,
+        group_by_modality_length=True,
+    )
+    start, n, batches = time.perf_counter(), 0, 0
+    for batch in ds:
+        n += len(batch.keys)
+        batches += 1
+    elapsed = time.perf_counter() - start
+    return {
+        "samples_per_s": n / elapsed,
+        "batches_per_s": batches / elapsed,
+        "batch_size": ds.batch_size,
+    }
+
+
+def render(r: dict) -> str:
+    env = r["environment"]
+    return "\n".join(
+        [
+            "# Feature caching benchmark (tiny preset)",
+            "",
+            f"Device: {env['device']} ({env['cpu']}), {env['threads']} threads, torch {env['torch']}; "
+            f"{r['images']} images, batch {r['batch']}, {r['workers']} decoding workers, median of {len(r['repeats']['encoder'])} alternating repeats.",
+            "",
+            "| measure | value |",
+            "| :--- | ---: |",
+            f"| encoder forward alone | {r['encoder_images_per_s']:.0f} img/s |",
+            f"| `msr features` end to end | {r['pipeline_images_per_s']:.0f} img/s |",
+            f"| overhead, 1 − pipeline / encoder | {100 * r['overhead']:.1f}% |",
+            f"| overhead in run: share of `msr features` wall time outside the tower forward | "
+            f"{100 * r['overhead_in_run']:.1f}% (target ≤ {100 * r['overhead_target']:.0f}%: "
+            f"{'met' if r['overhead_met'] else 'NOT met'}) |",
+            f"| training loader | {r['loader']['samples_per_s']:.0f} samples/s "
+            f"({r['loader']['batches_per_s']:.1f} batches of {r['loader']['batch_size']}/s) |",
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()

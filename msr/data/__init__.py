@@ -1,0 +1,1 @@
+"""Data: the synthetic dataset, LLaVA json readers, templates and label masking, feature shards."""

@@ -1,0 +1,243 @@
+"""`msr features`: encode every training image once with the frozen tower into WebDataset shards.
+
+Per split (pretrain, instruct): read and validate the LLaVA json, group records by image, plan shards
+(`shards.py`), then encode the shards this rank owns (index % world_size == rank) that are not done.
+Images are decoded and prepared (uint8) in a DataLoader worker while the tower runs; features are
+stored fp16 (N×d) with the image's records as json. Each finished tar is renamed into place, then
+its manifest fragment is written, so an interrupted run redoes only the shard it was writing and a
+rerun with the same encoder writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from msr.data.llava import DataError, Skip, read_llava_json
+from msr.data.shards import (
+    Item,
+    ShardPlan,
+    items_per_shard,
+    merge_manifest,
+    plan_items,
+    plan_shards,
+    shard_state,
+    write_fragment,
+)
+from msr.models.preprocess import ImageSpec, normalize, prepare
+from msr.models.vision import VisionTower
+from msr.utils.io import atomic_write, atomic_write_json
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Source:
+    split: str
+    json: Path
+    images: Path
+
+
+@dataclass
+class FeatureReport:
+    images: int = 0
+    text_only: int = 0
+    skipped: list[Skip] = field(default_factory=list)
+    shards_written: int = 0
+    shards_total: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0  # wall time of encoding (planning and merging excluded)
+    encoder_seconds: float = 0.0  # of which in the tower's forward
+
+    def summary(self) -> str:
+        if not self.shards_written and not self.skipped:
+            return f"nothing to encode: all {self.shards_total} shards are up to date"
+        rate = self.images / self.seconds if self.seconds else 0.0
+        return (
+            f"{self.images} images encoded, {len(self.skipped)} skipped, {self.shards_written}/"
+            f"{self.shards_total} shards written, {self.bytes_written / 1e9:.2f} GB, {rate:.0f} img/s"
+        )
+
+
+class _Images(Dataset[tuple[int, torch.Tensor | None, str | None]]):
+    """Decode and prepare one image to uint8 (in the worker, off the encoder's path); a failure is
+    returned as a reason, not raised."""
+
+    def __init__(self, items: Sequence[tuple[Item, Path]], spec: ImageSpec) -> None:
+        self.items, self.spec = items, spec
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        item, root = self.items[i]
+        assert item.image is not None
+        path = root / item.image
+        try:
+            with Image.open(path) as img:
+                return i, prepare(img, self.spec), None
+        except FileNotFoundError:
+            return i, None, f"missing image: {path}"
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            return i, None, f"unreadable image: {path} ({type(err).__name__}: {err})"
+
+
+def _collate(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def plan(
+    sources: Sequence[Source], tower: VisionTower, shard_mb: int, strict: bool
+) -> tuple[list[ShardPlan], dict[str, Path], list[Skip]]:
+    """Shard plans of every split, the image root of each split, and the reader's skips."""
+    plans: list[ShardPlan] = []
+    roots, skips = {}, []
+    per_shard = items_per_shard(shard_mb, tower.num_tokens, tower.hidden_size)
+    for src in sources:
+        # images are opened once, when decoded for encoding; a missing or unreadable file is
+        # skipped (or an error when strict) there, with the same reasons the reader would give
+        result = read_llava_json(src.json, src.images, strict=strict, check_images=False)
+        skips += result.skips
+        items = plan_items(result.records, src.split)
+        plans += plan_shards(items, per_shard, tower.fingerprint()["id"])
+        roots[src.split] = src.images
+    return plans, roots, skips
+
+
+def encode_features(
+    sources: Sequence[Source],
+    out: Path,
+    tower: VisionTower,
+    *,
+    shard_mb: int,
+    batch_size: int,
+    strict: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 1,
+    verify: bool = False,
+    encode: bool = True,
+    merge: bool = True,
+    progress: Progress | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> FeatureReport:
+    """Encode this rank's pending shards (unless `encode=False`); with `merge`, also write
+    manifest.parquet and skips.json (an error if any planned shard is not encoded)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = tower.fingerprint()
+    plans, roots, reader_skips = plan(sources, tower, shard_mb, strict)
+    mine = [p for p in plans if p.index % world_size == rank]
+    for p in mine:  # temp files of this rank's shards left by a crash
+        for tmp in out.glob(f".{p.name}.*.tmp"):
+            tmp.unlink()
+    todo = [p for p in mine if shard_state(out, p, verify) == "todo"]
+    report = FeatureReport(shards_total=len(plans), skipped=list(reader_skips))
+    if on_plan is not None:
+        on_plan(sum(1 for p in todo for it in p.items if it.image is not None))
+    start = time.perf_counter()
+    if todo and encode:
+        _encode(todo, out, tower, roots, batch_size, workers, strict, fingerprint["id"], report, progress)
+    report.seconds = time.perf_counter() - start
+    if merge:
+        table = merge_manifest(out, plans, fingerprint)
+        skipped = [{"key": k, "reason": r} for k, r, s in zip(
+            table["key"].to_pylist(), table["reason"].to_pylist(), table["status"].to_pylist(), strict=True
+        ) if s == "skipped"]
+        atomic_write_json(out / "skips.json", {
+            "reader": [s.__dict__ for s in reader_skips], "encoding": skipped,
+            "total": len(reader_skips) + len(skipped)})
+    log.info("features: %s", report.summary())
+    return report
+
+
+def _encode(
+    todo: list[ShardPlan],
+    out: Path,
+    tower: VisionTower,
+    roots: dict[str, Path],
+    batch_size: int,
+    workers: int,
+    strict: bool,
+    encoder_id: str,
+    report: FeatureReport,
+    progress: Progress | None,
+) -> None:
+    image_items = [(it, roots[it.split]) for p in todo for it in p.items if it.image is not None]
+    loader = DataLoader(
+        _Images(image_items, tower.spec),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        prefetch_factor=4 if workers else None,
+    )
+    features = _feature_stream(loader, tower, image_items, strict, progress, report)
+    for plan in todo:
+        rows: list[dict[str, Any]] = []
+        tar = out / f"{plan.name}.tar"
+
+        def write(f: Any, plan: ShardPlan = plan, rows: list[dict[str, Any]] = rows) -> None:
+            with wds.TarWriter(f, mtime=0.0) as sink:  # fixed mtime: same content, same bytes
+                for item in plan.items:
+                    row = {"key": item.key, "shard": f"{plan.name}.tar", "split": item.split,
+                           "image": item.image, "image_id": Path(item.image).stem if item.image else None,
+                           "source": item.source, "record_ids": [r.id for r in item.records],
+                           "has_features": False, "status": "ok", "reason": None, "encoder": encoder_id}
+                    sample: dict[str, Any] = {"__key__": item.key, "json": item.meta()}
+                    if item.image is not None:
+                        key, feats, reason = next(features)
+                        assert key == item.key, f"feature stream out of order: {key} != {item.key}"
+                        if feats is None:
+                            rows.append({**row, "status": "skipped", "reason": reason})
+                            continue
+                        sample["npy"] = feats
+                        row["has_features"] = True
+                        report.images += 1
+                    else:
+                        report.text_only += 1
+                    sink.write(sample)
+                    rows.append(row)
+
+        atomic_write(tar, write)
+        write_fragment(out, plan, rows, tar)
+        report.shards_written += 1
+        report.bytes_written += tar.stat().st_size
+
+
+def _feature_stream(
+    loader: DataLoader[Any],
+    tower: VisionTower,
+    items: Sequence[tuple[Item, Path]],
+    strict: bool,
+    progress: Progress | None,
+    report: FeatureReport,
+) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    """(key, fp16 features (N, d) or None, skip reason) in item order."""
+    for batch in loader:
+        ok = [(i, x) for i, x, _ in batch if x is not None]
+        feats: dict[int, np.ndarray] = {}
+        if ok:
+            pixels = normalize(torch.stack([x for _, x in ok]), tower.spec, tower.dtype)
+            start = time.perf_counter()
+            encoded = tower(pixels).to(torch.float16).cpu().numpy()  # (b, N, d)
+            report.encoder_seconds += time.perf_counter() - start
+            feats = {i: encoded[j] for j, (i, _) in enumerate(ok)}
+        for i, _, reason in batch:
+            key = items[i][0].key
+            if reason is not None and strict:
+                raise DataError(f"{key}: {reason}")
+            if reason is not None:
+                log.warning("skipping %s: %s", key, reason)
+            yield key, feats.get(i), reason
+        if progress is not None:
+            progress(len(batch))

@@ -1,0 +1,217 @@
+"""The training loader: feature shards → examples (one per record) → shuffled, optionally grouped
+by modality and length → padded batches.
+
+Deterministic: the order is a function of (shards, seed, epoch), so a resumed run can skip to the
+batch it stopped at and see the same data. Split across ranks by shard (`shards_for_rank`) and
+across DataLoader workers by shard. A sample that cannot be trained on (template cannot be split,
+every label masked) raises `BadSample` with its key, or is counted and skipped when not strict.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+from msr.data.tokenize import IGNORE_INDEX, BadSample, encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Example:
+    key: str
+    input_ids: list[int]
+    labels: list[int]
+    image_start: int | None
+    features: np.ndarray | None  # (N, d) fp16, None for text-only
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class Batch:
+    input_ids: Tensor  # (B, T) long, right-padded
+    labels: Tensor  # (B, T) long, IGNORE_INDEX on padding and unsupervised tokens
+    attention_mask: Tensor  # (B, T) long
+    image_mask: Tensor  # (B, T) bool: True on the M image positions of each image sample
+    features: Tensor  # (I, N, d) fp16: the I image samples of the batch, in order
+    keys: list[str]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.labels.to(device),
+            self.attention_mask.to(device),
+            self.image_mask.to(device),
+            self.features.to(device),
+            self.keys,
+        )
+
+    @property
+    def tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+@dataclass
+class Skips:
+    """Samples skipped when not strict, by reason, with a few example keys."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, err: BadSample) -> None:
+        key, _, reason = str(err).partition(": ")
+        kind = reason.split(":")[0][:80]
+        self.counts[kind] += 1
+        self.examples.setdefault(kind, [])
+        if len(self.examples[kind]) < 5:
+            self.examples[kind].append(key)
+
+
+def collate(examples: Sequence[Example], pad_id: int, num_image_tokens: int) -> Batch:
+    """Right-pad a list of examples into a Batch."""
+    T = max(len(e) for e in examples)
+    B = len(examples)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    image_mask = torch.zeros((B, T), dtype=torch.bool)
+    feats = []
+    for i, e in enumerate(examples):
+        n = len(e)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        attn[i, :n] = 1
+        if e.image_start is not None and e.features is not None:
+            image_mask[i, e.image_start : e.image_start + num_image_tokens] = True
+            feats.append(torch.from_numpy(np.ascontiguousarray(e.features)))
+    features = torch.stack(feats) if feats else torch.empty(0)
+    return Batch(ids, labels, attn, image_mask, features, [e.key for e in examples])
+
+
+def shards_for_rank(shards: Sequence[str], rank: int, world_size: int) -> list[str]:
+    """Rank r takes shards r, r + W, r + 2W, ...; every rank needs at least one."""
+    mine = list(shards[rank::world_size])
+    if not mine:
+        raise ValueError(f"rank {rank} of {world_size} gets no shard: only {len(shards)} shard(s); use fewer processes or smaller shards")
+    return mine
+
+
+class ExampleStream(IterableDataset[Batch]):
+    """Batches of one epoch over `shards`, deterministic in (seed, epoch)."""
+
+    def __init__(
+        self,
+        shards: Sequence[str],
+        *,
+        tokenizer: Any,
+        template: str,
+        num_image_tokens: int,
+        max_length: int,
+        batch_size: int,
+        seed: int = 0,
+        epoch: int = 0,
+        shuffle_buffer: int = 1000,
+        group_by_modality_length: bool = False,
+        strict: bool = False,
+        drop_last: bool = True,
+    ) -> None:
+        if not shards:
+            raise ValueError("no feature shards to train on: run `msr features` (or check paths.features)")
+        self.shards = list(shards)
+        self.tokenizer, self.template = tokenizer, template
+        self.num_image_tokens, self.max_length = num_image_tokens, max_length
+        self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
+        self.shuffle_buffer, self.group = shuffle_buffer, group_by_modality_length
+        self.strict, self.drop_last = strict, drop_last
+        self.skips = Skips()
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else tokenizer.eos_token_id
+
+    def _examples(self, shards: Sequence[str], rng: random.Random) -> Iterator[Example]:
+        pipeline = wds.DataPipeline(wds.SimpleShardList(list(shards)), wds.tarfile_to_samples(), wds.decode())
+        for sample in pipeline:
+            meta, feats = sample["json"], sample.get("npy")
+            has_image = meta["image"] is not None
+            if has_image and feats is None:
+                raise BadSample(f"{sample['__key__']}: image sample without features in its shard")
+            for rec in meta["records"]:
+                key = f"{sample['__key__']}/{rec['id']}"
+                try:
+                    enc = encode(key, [tuple(t) for t in rec["conversations"]], self.tokenizer, self.template,
+                                 self.num_image_tokens, self.max_length, has_image)
+                except BadSample as err:
+                    if self.strict:
+                        raise
+                    self.skips.add(err)
+                    continue
+                yield Example(key, enc.input_ids, enc.labels, enc.image_start, feats if has_image else None)
+
+    def _shuffled(self, examples: Iterator[Example], rng: random.Random) -> Iterator[Example]:
+        buf: list[Example] = []
+        for e in examples:
+            buf.append(e)
+            if len(buf) >= self.shuffle_buffer:
+                yield buf.pop(rng.randrange(len(buf)))
+        rng.shuffle(buf)
+        yield from buf
+
+    def _batches(self, examples: Iterator[Example], rng: random.Random) -> Iterator[list[Example]]:
+        if not self.group:
+            batch: list[Example] = []
+            for e in examples:
+                batch.append(e)
+                if len(batch) == self.batch_size:
+                    yield batch
+                    batch = []
+            if batch and not self.drop_last:
+                yield batch
+            return
+        # LLaVA's group_by_modality_length: batches of one modality and similar length, in random
+        # order; a window's incomplete batches carry over to the next window
+        window = self.batch_size * 16
+        pool: list[Example] = []
+        for e in examples:
+            pool.append(e)
+            if len(pool) >= window:
+                batches, pool = self._grouped(pool)
+                rng.shuffle(batches)
+                yield from batches
+        batches, rest = self._grouped(pool)
+        if rest and not self.drop_last:
+            batches += [rest[i : i + self.batch_size] for i in range(0, len(rest), self.batch_size)]
+        rng.shuffle(batches)
+        yield from batches
+
+    def _grouped(self, pool: list[Example]) -> tuple[list[list[Example]], list[Example]]:
+        """Full batches of one modality, sorted by length, and the examples left over."""
+        batches, rest = [], []
+        for modality in (True, False):
+            part = sorted((e for e in pool if (e.features is not None) == modality), key=len)
+            full = len(part) - len(part) % self.batch_size
+            batches += [part[i : i + self.batch_size] for i in range(0, full, self.batch_size)]
+            rest += part[full:]
+        return batches, rest
+
+    def __iter__(self) -> Iterator[Batch]:
+        rng = random.Random(f"{self.seed}/{self.epoch}")
+        shards = list(self.shards)
+        rng.shuffle(shards)
+        info = get_worker_info()
+        if info is not None:  # each DataLoader worker reads its own shards, in a fixed interleave
+            shards = shards[info.id :: info.num_workers]
+            rng = random.Random(f"{self.seed}/{self.epoch}/{info.id}")
+        examples = self._shuffled(self._examples(shards, rng), rng)
+        for batch in self._batches(examples, rng):
+            yield collate(batch, self.pad_id, self.num_image_tokens)

@@ -1,0 +1,165 @@
+"""Writers of the synthetic evaluation sets, each in the file layout of the real benchmark it mimics
+(see the LLaVA-1.5 evaluation files): TextVQA, POPE, MMBench (TSV, circular) and GQA."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from msr.data.synth.questions import QA, ask
+from msr.data.synth.scene import GLYPHS, Scene, render
+from msr.utils.io import atomic_write_json, atomic_write_text
+
+SHORT = "\nAnswer the question using a single word or phrase."
+POPE_SPLITS = {"adversarial": 1, "random": 10_000_001, "popular": 20_000_001}  # first question id
+MMBENCH_CATEGORIES = ("global", "local_attribute", "counting", "spatial")
+GQA_CATEGORIES = ("spatial", "local_attribute", "existence", "global")
+SaveImage = Callable[[Image.Image, Path], None]
+
+
+def _jsonl(rows: Sequence[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def _hex_id(scene: Scene) -> str:
+    return hashlib.sha1(scene.id.encode()).hexdigest()[:16]
+
+
+def write_textvqa(root: Path, scenes: Sequence[Scene], rng: random.Random, save: SaveImage) -> int:
+    """Glyph reading. question_id is the image id (hex), as in LLaVA's TextVQA file; the prompt
+    carries a `Reference OCR token:` line; answers live in TextVQA_0.5.1_val.json (10 per question)."""
+    questions, annotations = [], []
+    for n, scene in enumerate(s for s in scenes if s.glyph is not None):
+        assert scene.glyph is not None
+        image_id = _hex_id(scene)
+        save(render(scene), root / "train_images" / f"{image_id}.jpg")
+        q = "What letter or digit is written in the image?"
+        distractors = rng.sample([c for c in GLYPHS if c != scene.glyph.char], 2)
+        ocr = ", ".join(rng.sample([scene.glyph.char, *distractors], 3))
+        text = f"{q}\nReference OCR token: {ocr}{SHORT}"
+        questions.append({"question_id": image_id, "image": f"{image_id}.jpg", "text": text, "category": "glyph"})
+        annotations.append(
+            {"question": q, "image_id": image_id, "question_id": n, "answers": [scene.glyph.char.lower()] * 10}
+        )
+    atomic_write_text(root / "llava_textvqa_val_v051_ocr.jsonl", _jsonl(questions))
+    atomic_write_json(
+        root / "TextVQA_0.5.1_val.json", {"dataset_type": "val", "dataset_name": "textvqa", "data": annotations}
+    )
+    return len(questions)
+
+
+def write_pope(
+    root: Path, scenes: Sequence[Scene], rng: random.Random, palette: Sequence[str], save: SaveImage
+) -> int:
+    """Colour existence, yes/no, three splits that differ in how the "no" colour is chosen:
+    random (any absent colour), popular (the most frequent colours), adversarial (the colours that
+    co-occur most with the present ones). Labels are JSONL files read by position, like POPE's."""
+    freq = Counter(c for s in scenes for c in s.colors)
+    pairs = Counter((a, b) for s in scenes for a in s.colors for b in s.colors if a != b)
+    popular = [c for c, _ in freq.most_common()]
+
+    def adversarial(scene: Scene) -> list[str]:
+        score = Counter({c: sum(pairs[(p, c)] for p in scene.colors) for c in palette})
+        return [c for c, _ in score.most_common()]
+
+    negatives: dict[str, Callable[[Scene], Sequence[str]]] = {
+        "random": lambda s: rng.sample(list(palette), len(palette)),
+        "popular": lambda s: popular,
+        "adversarial": adversarial,
+    }
+    questions: list[dict[str, Any]] = []
+    count = 0
+    for split, first_id in POPE_SPLITS.items():
+        labels: list[dict[str, Any]] = []
+        for n, scene in enumerate(scenes):
+            name = f"COCO_val2014_{n:012d}.jpg"
+            if split == "adversarial":
+                save(render(scene), root / "val2014" / name)
+            ordered = [c for c in negatives[split](scene) if c not in scene.colors and c != scene.background]
+            qas: list[QA] = []
+            if scene.colors:  # one present colour, one absent colour per image and split
+                qas.append(QA(f"Is there a {rng.choice(sorted(scene.colors))} shape in the image?", "yes", "existence"))
+            if ordered:
+                qas.append(QA(f"Is there a {ordered[0]} shape in the image?", "no", "existence"))
+            for qa in qas:
+                qid = first_id + len(labels)
+                labels.append({"question_id": qid, "image": name, "text": qa.question, "label": qa.answer})
+                questions.append({"question_id": qid, "image": name, "text": qa.question + SHORT, "category": split})
+        atomic_write_text(root / "coco" / f"coco_pope_{split}.json", _jsonl(labels))
+        count += len(labels)
+    atomic_write_text(root / "llava_pope_test.jsonl", _jsonl(questions))
+    return count
+
+
+def write_mmbench(root: Path, scenes: Sequence[Scene], rng: random.Random, palette: Sequence[str]) -> int:
+    """Multiple choice in MMBench's dev TSV layout, with circular copies: copy k of question i has
+    index i + k·1e6 and its options rotated right by k; the image is base64 in the row."""
+    header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image",
+              "source", "l2-category", "comment", "split"]
+    rows = []
+    for i, scene in enumerate(scenes):
+        qa = ask(rng, scene, MMBENCH_CATEGORIES[i % len(MMBENCH_CATEGORIES)], palette)
+        if qa is None or len(qa.choices) < 2:
+            continue
+        image = _b64_jpeg(render(scene))
+        hint = "The image shows simple shapes on a plain background." if i % 5 == 0 else ""
+        options = list(qa.choices)
+        for k in range(len(options)):
+            rotated = options[-k:] + options[:-k] if k else options
+            letters = "ABCD"[: len(rotated)]
+            answer = letters[rotated.index(qa.answer)]
+            cells = [*rotated, *[""] * (4 - len(rotated))]
+            rows.append([str(i + k * 1_000_000), qa.question, hint, *cells, answer, qa.category, image,
+                         "synth", "perception", "", "dev"])
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(root / "mmbench_dev_20230712.tsv", buf.getvalue())
+    return len(rows)
+
+
+def write_gqa(
+    root: Path, scenes: Sequence[Scene], rng: random.Random, palette: Sequence[str], save: SaveImage
+) -> int:
+    """Short answers scored by exact match: LLaVA's question jsonl (question_id a string) and the
+    official testdev_balanced_questions.json (qid -> question, answer, imageId, isBalanced, types)."""
+    questions, official = [], {}
+    for i, scene in enumerate(scenes):
+        qa = ask(rng, scene, GQA_CATEGORIES[i % len(GQA_CATEGORIES)], palette)
+        if qa is None:
+            continue
+        image_id = f"n{100000 + i}"
+        save(render(scene), root / "images" / f"{image_id}.jpg")
+        qid = str(20_000_000 + i)
+        questions.append({"question_id": qid, "image": f"{image_id}.jpg", "text": qa.question + SHORT,
+                          "category": qa.category})
+        official[qid] = {
+            "question": qa.question,
+            "answer": qa.answer,
+            "fullAnswer": qa.answer,
+            "imageId": image_id,
+            "isBalanced": True,
+            "types": {"structural": "query", "semantic": qa.category, "detailed": qa.category},
+            "semantic": [],
+            "groups": {"global": None, "local": None},
+        }
+    atomic_write_text(root / "llava_gqa_testdev_balanced.jsonl", _jsonl(questions))
+    atomic_write_json(root / "testdev_balanced_questions.json", official)
+    return len(questions)
+
+
+def _b64_jpeg(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95, subsampling=0)
+    return base64.b64encode(buf.getvalue()).decode("ascii")

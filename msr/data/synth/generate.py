@@ -1,0 +1,165 @@
+"""`msr synth`: generate the synthetic dataset — training json in LLaVA-Pretrain and LLaVA-1.5
+mix665k formats, evaluation sets in TextVQA / POPE / MMBench / GQA formats — from one seed.
+
+Layout under the output directory:
+    pretrain.json, pretrain_images/<id[:5]>/<id>.jpg         (blip_laion_cc_sbu_558k.json style)
+    instruct.json, shapes/<12 digits>.jpg                    (llava_v1_5_mix665k.json style)
+    eval/{textvqa,pope,mmbench,gqa}/...                      (LLaVA-1.5 eval file layouts)
+    summary.json                                             (counts per file and category)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from msr.config import Synth
+from msr.data.synth import eval_sets
+from msr.data.synth.questions import ask, caption, display
+from msr.data.synth.scene import Scene, SceneSpec, render, sample_scene
+from msr.utils.io import atomic_write, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CAPTION_PROMPTS = (
+    "Give a short caption for this image.",
+    "Describe the image briefly.",
+    "Write a brief description of the picture.",
+    "Summarize the visual content of the image.",
+    "What does this image show?",
+)
+TEXT_TASKS = ("add", "count_letters", "reverse", "mix")
+
+
+def save_jpeg(img: Image.Image, path: Path) -> None:
+    """JPEG at quality 95 without chroma subsampling (flat colours stay exact enough to name)."""
+    atomic_write(path, lambda f: img.save(f, format="JPEG", quality=95, subsampling=0))
+
+
+def _signature(scene: Scene) -> tuple[Any, ...]:
+    shapes = tuple((s.kind, s.color, s.size, round(s.cx), round(s.cy)) for s in scene.shapes)
+    glyph = None if scene.glyph is None else (scene.glyph.char, round(scene.glyph.cx), round(scene.glyph.cy))
+    return scene.background, shapes, glyph
+
+
+def _pool(cfg: Synth, name: str, n: int, spec: SceneSpec, exclude: set[tuple[Any, ...]]) -> list[Scene]:
+    """n scenes from a named random stream; any scene identical to one in `exclude` is redrawn."""
+    rng = random.Random(f"{cfg.seed}/{name}")
+    out: list[Scene] = []
+    while len(out) < n:
+        scene = sample_scene(rng, spec, f"{name}-{len(out):09d}")
+        if _signature(scene) in exclude or not scene.shapes:
+            continue
+        out.append(scene)
+    return out
+
+
+def _instruct_record(
+    rng: random.Random, scene: Scene, idx: int, cfg: Synth, counts: Counter[str]
+) -> dict[str, Any] | None:
+    """A multi-turn record about one scene; `counts` tallies the categories asked."""
+    turns: list[dict[str, str]] = []
+    seen: set[str] = set()
+    wanted = rng.randint(cfg.turns[0], cfg.turns[1])
+    for category in rng.sample(list(cfg.categories), len(cfg.categories)):
+        if len(turns) // 2 == wanted:
+            break
+        qa = ask(rng, scene, category, cfg.colors)
+        if qa is None or qa.question in seen:
+            continue
+        seen.add(qa.question)
+        counts[qa.category] += 1
+        prefix = "<image>\n" if not turns else ""
+        turns.append({"from": "human", "value": f"{prefix}{qa.question}{eval_sets.SHORT}"})
+        turns.append({"from": "gpt", "value": display(qa.answer)})
+    if not turns:
+        return None
+    name = f"{idx:012d}"
+    return {"id": name, "image": f"shapes/{name}.jpg", "conversations": turns}
+
+
+def _text_record(rng: random.Random, idx: int) -> dict[str, Any]:
+    """A text-only sample (ShareGPT-style in mix665k: no `image` key, `model` empty)."""
+    task = rng.choice(TEXT_TASKS)
+    if task == "add":
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        q, answer = f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
+    elif task == "count_letters":
+        word = rng.choice(["circle", "square", "star", "triangle", "shape", "color"])
+        q, answer = f"How many letters are in the word {word}?", f"The word {word} has {len(word)} letters."
+    elif task == "reverse":
+        word = rng.choice(["red", "blue", "green", "star", "pink", "gray"])
+        q, answer = f"Spell the word {word} backwards.", f"{word[::-1]}"
+    else:
+        pair = rng.choice([("red", "blue", "purple"), ("blue", "yellow", "green"), ("red", "yellow", "orange"),
+                           ("black", "white", "gray"), ("red", "white", "pink")])
+        q, answer = f"What color do you get when you mix {pair[0]} and {pair[1]}?", f"Mixing them gives {pair[2]}."
+    return {"id": f"text_{idx:08d}", "model": "", "conversations": [
+        {"from": "human", "value": q}, {"from": "gpt", "value": answer}]}
+
+
+def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
+    """Write the whole synthetic dataset under `out`; returns the summary (also summary.json)."""
+    spec = SceneSpec(
+        kinds=tuple(cfg.kinds),
+        colors=tuple(cfg.colors),
+        backgrounds=tuple(cfg.backgrounds),
+        max_objects=cfg.max_objects,
+        glyph_size=cfg.glyph_size,
+        glyph_prob=cfg.glyph_prob,
+        image_size=image_size,
+    )
+    pretrain = _pool(cfg, "pretrain", cfg.pretrain_images, spec, set())
+    instruct = _pool(cfg, "instruct", cfg.instruct_images, spec, set())
+    train_sigs = {_signature(s) for s in (*pretrain, *instruct)}
+    glyph_spec = SceneSpec(**{**spec.__dict__, "glyph_size": max(cfg.glyph_size, 1), "glyph_prob": 1.0})
+    evals = {
+        "textvqa": _pool(cfg, "eval-textvqa", cfg.eval_images, glyph_spec if cfg.glyph_size else spec, train_sigs),
+        "pope": _pool(cfg, "eval-pope", cfg.eval_images, spec, train_sigs),
+        "mmbench": _pool(cfg, "eval-mmbench", cfg.eval_images, spec, train_sigs),
+        "gqa": _pool(cfg, "eval-gqa", cfg.eval_images, spec, train_sigs),
+    }
+    rng = random.Random(f"{cfg.seed}/text")
+
+    pretrain_rows = []
+    for n, scene in enumerate(pretrain):
+        name = f"{n:09d}"
+        save_jpeg(render(scene), out / "pretrain_images" / name[:5] / f"{name}.jpg")
+        prompt = rng.choice(CAPTION_PROMPTS)
+        pretrain_rows.append({"id": name, "image": f"{name[:5]}/{name}.jpg", "conversations": [
+            {"from": "human", "value": f"{prompt}\n<image>"}, {"from": "gpt", "value": caption(scene)}]})
+    atomic_write_json(out / "pretrain.json", pretrain_rows)
+
+    instruct_rows: list[dict[str, Any]] = []
+    categories: Counter[str] = Counter()
+    for n, scene in enumerate(instruct):
+        record = _instruct_record(rng, scene, n, cfg, categories)
+        if record is None:
+            continue
+        save_jpeg(render(scene), out / record["image"])
+        instruct_rows.append(record)
+    instruct_rows += [_text_record(rng, n) for n in range(cfg.text_only)]
+    rng.shuffle(instruct_rows)
+    atomic_write_json(out / "instruct.json", instruct_rows)
+
+    ev = out / "eval"
+    written = {
+        "textvqa": eval_sets.write_textvqa(ev / "textvqa", evals["textvqa"], rng, save_jpeg),
+        "pope": eval_sets.write_pope(ev / "pope", evals["pope"], rng, cfg.colors, save_jpeg),
+        "mmbench": eval_sets.write_mmbench(ev / "mmbench", evals["mmbench"], rng, cfg.colors),
+        "gqa": eval_sets.write_gqa(ev / "gqa", evals["gqa"], rng, cfg.colors, save_jpeg),
+    }
+    summary = {
+        "pretrain": {"images": len(pretrain_rows), "records": len(pretrain_rows)},
+        "instruct": {"images": len(instruct_rows) - cfg.text_only, "records": len(instruct_rows),
+                     "text_only": cfg.text_only, "questions_by_category": dict(sorted(categories.items()))},
+        "eval_questions": written,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    log.info("synth: %s", summary)
+    return summary

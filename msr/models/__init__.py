@@ -1,0 +1,1 @@
+"""Models: the vision tower, image preprocessing, the tiny offline models, and (later) the MLLM."""

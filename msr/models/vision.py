@@ -1,0 +1,132 @@
+"""The frozen vision tower: any HF CLIP or SigLIP vision model by hub id or local path.
+
+Features are `hidden_states[feature_layer]` (−2: the penultimate block, before post-LN, as LLaVA);
+`patch` drops CLIP's CLS token, `cls_patch` keeps it. Encoder blocks after the chosen layer are
+removed at load, so they cost nothing. `fingerprint()` identifies exactly what produced a feature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
+
+from msr.models.preprocess import ImageSpec
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_TOWERS: dict[str, type[CLIPVisionModel] | type[SiglipVisionModel]] = {
+    "clip": CLIPVisionModel,
+    "clip_vision_model": CLIPVisionModel,
+    "siglip": SiglipVisionModel,
+    "siglip_vision_model": SiglipVisionModel,
+}
+
+
+class VisionTower(nn.Module):
+    """Pixels (B, 3, S, S) -> features (B, N, d), frozen, no grad."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        revision: str | None = None,
+        feature_layer: int = -2,
+        select: str = "patch",
+        aspect: str = "pad",
+        dtype: str = "bf16",
+    ) -> None:
+        super().__init__()
+        config = AutoConfig.from_pretrained(model, revision=revision)
+        kind = config.model_type
+        if kind not in _TOWERS:
+            raise ValueError(
+                f"vision model {model!r} has model_type {kind!r}; supported: {', '.join(_TOWERS)}"
+            )
+        if select not in ("patch", "cls_patch"):
+            raise ValueError(f"select={select!r}; accepted: 'patch', 'cls_patch'")
+        self.name, self.revision, self.dtype_name = model, revision, dtype
+        self.tower = _TOWERS[kind].from_pretrained(
+            model, revision=revision or "main", dtype=DTYPES[dtype]
+        )
+        self.tower.requires_grad_(False).eval()
+        vcfg = self.tower.config
+        depth = vcfg.num_hidden_layers
+        if not -(depth + 1) <= feature_layer <= depth:
+            raise ValueError(
+                f"feature_layer={feature_layer} is outside this tower's {depth + 1} hidden states"
+            )
+        self.feature_layer, self.select, self.aspect = feature_layer, select, aspect
+        self.keep = feature_layer % (depth + 1)  # hidden_states index == number of blocks to run
+        encoder = getattr(
+            self.tower, "vision_model", self.tower
+        ).encoder  # transformers 4 vs 5 layout
+        encoder.layers = encoder.layers[: self.keep]
+        self.has_cls = kind.startswith("clip")
+        self.hidden_size: int = vcfg.hidden_size
+        self.image_size = int(vcfg.image_size)  # type: ignore[arg-type]
+        self.patch_size = int(vcfg.patch_size)  # type: ignore[arg-type]
+        processor = AutoImageProcessor.from_pretrained(model, revision=revision)
+        self.spec = ImageSpec.from_processor(processor, aspect)
+        if self.spec.size != self.image_size:
+            raise ValueError(
+                f"{model}: processor size {self.spec.size} != tower image_size {self.image_size}"
+            )
+        self._commit = getattr(config, "_commit_hash", None)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype_name]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.image_size // self.patch_size
+        return side, side
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] + (
+            1 if self.select == "cls_patch" and self.has_cls else 0
+        )
+
+    @torch.no_grad()
+    def forward(self, pixels: Tensor) -> Tensor:
+        """(B, 3, S, S) -> (B, N, d)"""
+        out = self.tower(pixel_values=pixels.to(self.dtype), output_hidden_states=True)
+        features = out.hidden_states[self.keep]  # (B, 1 + N, d) for CLIP, (B, N, d) for SigLIP
+        if self.has_cls and self.select == "patch":
+            features = features[:, 1:]
+        return features
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that determines the features; `id` is a short hash of the rest."""
+        fp: dict[str, Any] = {
+            "model": self.name,
+            "revision": self.revision or self._commit,
+            "weights": weights_hash(self.name),
+            "layer": self.feature_layer,
+            "select": self.select,
+            "resolution": self.image_size,
+            "preprocessing": f"{self.aspect}+clip-normalize mean={list(self.spec.mean)} std={list(self.spec.std)}",
+            "dtype": self.dtype_name,
+        }
+        fp["id"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+        return fp
+
+
+def weights_hash(model: str) -> str | None:
+    """sha256 over the weight files of a local model directory; None for a hub id."""
+    path = Path(model)
+    if not path.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin")):
+        digest.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

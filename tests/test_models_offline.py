@@ -1,0 +1,101 @@
+"""Tiny models round-trip through save/load offline; preprocessing equals the HF processor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from msr.config import Params
+from msr.data.templates import prompt, render
+from msr.models.preprocess import ImageSpec, expand_to_square, preprocess
+from msr.models.vision import VisionTower
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def test_llm_and_tokenizer_round_trip(tiny_workspace: Params, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tok = AutoTokenizer.from_pretrained(tiny_workspace.llm.model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_workspace.llm.model)
+    b = tiny_workspace.llm.build
+    assert b is not None and model.config.hidden_size == b.hidden_size
+    assert model.config.num_hidden_layers == b.num_layers and model.config.vocab_size == len(tok)
+    ids = tok("What color is the background?", return_tensors="pt").input_ids
+    model.save_pretrained(tmp_path / "m")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    torch.testing.assert_close(model(ids).logits, again(ids).logits)
+    assert tok.convert_tokens_to_ids("<image>") != tok.unk_token_id
+    assert tok.decode(tok("<image> red</s>").input_ids, skip_special_tokens=True).strip() == "red"
+    assert ids[0, 0].item() == tok.bos_token_id
+
+
+def test_chat_template_matches_msr_templates(tiny_workspace: Params) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_workspace.llm.model)
+    messages = [{"role": "user", "content": "<image>\nQ?"}, {"role": "assistant", "content": "A"}]
+    assert (
+        tok.apply_chat_template(messages, tokenize=False)
+        == render((("human", "<image>\nQ?"), ("gpt", "A")), "vicuna_v1").text
+    )
+    assert tok.apply_chat_template(
+        messages[:1], tokenize=False, add_generation_prompt=True
+    ) == prompt("Q?", "vicuna_v1")
+
+
+def test_vision_tower_loads_and_drops_unused_blocks(tiny_workspace: Params) -> None:
+    tower = VisionTower(tiny_workspace.vision.model, feature_layer=-2, dtype="fp32")
+    full = VisionTower(tiny_workspace.vision.model, feature_layer=-1, dtype="fp32")
+    x = torch.randn(2, 3, 336, 336)
+    assert tower(x).shape == (2, 576, 64) and tower.grid == (24, 24)
+    out = full.tower(pixel_values=x, output_hidden_states=True)
+    torch.testing.assert_close(
+        tower(x), out.hidden_states[-2][:, 1:]
+    )  # same as HF's layer −2, CLS dropped
+    assert len(tower.tower.encoder.layers) == tiny_workspace.vision.build.num_layers - 1  # type: ignore[union-attr]
+    assert VisionTower(tiny_workspace.vision.model, select="cls_patch", dtype="fp32")(x).shape == (
+        2,
+        577,
+        64,
+    )
+
+
+def test_fingerprint_changes_with_what_changes_features(tiny_workspace: Params) -> None:
+    a = VisionTower(tiny_workspace.vision.model).fingerprint()
+    b = VisionTower(tiny_workspace.vision.model, feature_layer=-1).fingerprint()
+    assert a["id"] != b["id"] and a["weights"] == b["weights"]
+    assert a == VisionTower(tiny_workspace.vision.model).fingerprint()
+
+
+def test_bad_vision_options(tiny_workspace: Params) -> None:
+    with pytest.raises(ValueError, match="feature_layer=9"):
+        VisionTower(tiny_workspace.vision.model, feature_layer=9)
+    with pytest.raises(ValueError, match="select='cls'"):
+        VisionTower(tiny_workspace.vision.model, select="cls")
+
+
+@pytest.mark.parametrize("size", [(336, 336), (500, 300), (300, 500), (100, 80)])
+@pytest.mark.parametrize("aspect", ["pad", "crop"])
+def test_preprocess_equals_hf_processor(size: tuple[int, int], aspect: str) -> None:
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
+    )
+    spec = ImageSpec.from_processor(processor, aspect)
+    img = Image.fromarray(
+        np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    )
+    source = expand_to_square(img, spec.pad_color) if aspect == "pad" else img
+    expected = processor(source, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(preprocess([img], spec), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        preprocess([img], spec, torch.bfloat16).float(), expected, rtol=0, atol=0.04
+    )
+
+
+def test_pad_colour_is_llavas() -> None:
+    assert ImageSpec(336).pad_color == (122, 116, 104)
