@@ -31,8 +31,10 @@ check: setup  ## lint, format check, type check, fast tests
 	mypy
 	$(PY) -m pytest -q -x
 
-bench: setup  ## projector benchmark (reports/projectors_bench.{json,md})
+bench: setup  ## projector, feature-caching and training benchmarks (reports/*_bench.{json,md})
 	msr projectors bench
+	$(PY) benchmarks/features.py
+	$(PY) benchmarks/train.py
 
 clean-venv:
 	rm -rf $(VENV)

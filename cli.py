@@ -232,6 +232,102 @@ def features(
     console.print(report.summary())
 
 
+ResumeOpt = Annotated[
+    str,
+    typer.Option(
+        "--resume",
+        help="no: start over; auto: continue a matching checkpoint if any; yes: must continue.",
+    ),
+]
+
+
+TraceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--trace-samples",
+        help="Directory where each rank writes its sample keys and a digest of its final weights.",
+    ),
+]
+
+
+def _train_command(
+    stage: str, params: Path, set_: list[str] | None, resume: str, trace: Path | None
+) -> None:
+    _setup_logging()
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from msr.train.checkpoint import CheckpointError
+    from msr.train.loop import TrainingError
+    from stages import train_stage
+
+    if resume not in ("no", "auto", "yes"):
+        raise _fail(f"--resume {resume!r}; accepted: no, auto, yes")
+    p = _load(params, set_)
+    if train_stage.needs_launch(p, stage):  # type: ignore[arg-type]
+        argv = [
+            stage,
+            "--params",
+            str(params),
+            *[f"--set={s}" for s in set_ or []],
+            "--resume",
+            resume,
+        ]
+        argv += ["--trace-samples", str(trace)] if trace else []
+        raise typer.Exit(train_stage.relaunch(p, stage, argv))  # type: ignore[arg-type]
+    columns = (
+        TextColumn(stage),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn(
+            "loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[sps]:.1f} samples/s"
+        ),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, console=err_console) as bar:
+            task = bar.add_task(stage, total=None, loss=float("nan"), lr=0.0, sps=0.0)
+
+            def update(step: int, total: int, m: dict[str, float]) -> None:
+                bar.update(
+                    task,
+                    completed=step,
+                    total=total,
+                    loss=m["loss"],
+                    lr=m["lr"],
+                    sps=m["samples_per_s"],
+                )
+
+            result = train_stage.run(p, stage, resume=resume, progress=update, trace_dir=trace)  # type: ignore[arg-type]
+    except (TrainingError, CheckpointError, FileNotFoundError) as err:
+        raise _fail(str(err)) from None
+    console.print(
+        f"{stage}: {result.steps} steps, {result.samples} samples, loss {result.first_loss:.4f} -> "
+        f"{result.last_loss:.4f}, {result.seconds:.0f} s (data wait {result.data_wait_seconds:.1f} s)"
+    )
+
+
+@app.command()
+def pretrain(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    resume: ResumeOpt = "no",
+    trace: TraceOpt = None,
+) -> None:
+    """Stage 1: train the projector on the pretrain features (vision tower and LLM frozen)."""
+    _train_command("pretrain", params, set_, resume, trace)
+
+
+@app.command()
+def finetune(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    resume: ResumeOpt = "no",
+    trace: TraceOpt = None,
+) -> None:
+    """Stage 2: instruction-tune projector + LLM from the stage-1 projector; save the full model."""
+    _train_command("finetune", params, set_, resume, trace)
+
+
 def main() -> None:
     app()
 

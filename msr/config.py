@@ -189,8 +189,12 @@ class Train(Section):
     deepspeed: str | None = None  # path of a DeepSpeed json config (ZeRO stage etc.)
     bf16: bool = True
     seed: int = 0
-    save_every: int = Field(500, gt=0)
+    save_every: int = Field(500, gt=0)  # optimizer steps between resumable checkpoints
     log_every: int = Field(10, gt=0)
+    template: Template | None = None  # None: the LLM's template (stage 1 uses `plain`)
+    group_by_modality_length: bool = False
+    shuffle_buffer: int = Field(1000, gt=0)
+    loader_workers: int = Field(1, ge=0)
 
     @property
     def global_batch(self) -> int:

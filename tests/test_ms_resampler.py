@@ -209,3 +209,15 @@ def test_fixed_bias_is_not_a_parameter_or_state() -> None:
 def test_heads_must_divide_width() -> None:
     with pytest.raises(ValueError, match="num_heads=5 must divide llm_dim=48"):
         ms(num_heads=5)
+
+
+def test_autocast_bf16_forward_backward() -> None:
+    """Under bf16 autocast (how training runs) the fusion computes in bf16 and grads reach fp32 weights."""
+    proj = ms()
+    x = torch.randn(2, N, D)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = proj(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in proj.parameters())
+    torch.testing.assert_close(y.float(), proj(x), rtol=0.05, atol=0.02)

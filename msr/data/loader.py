@@ -159,10 +159,17 @@ class ExampleStream(IterableDataset[Batch]):
                 yield Example(key, enc.input_ids, enc.labels, enc.image_start, feats if has_image else None)
 
     def _shuffled(self, examples: Iterator[Example], rng: random.Random) -> Iterator[Example]:
+        """A shuffle buffer that starts yielding after `initial` examples and grows two for one up
+        to its size, so the first batch does not wait for a full buffer (webdataset's scheme)."""
         buf: list[Example] = []
+        initial = min(100, self.shuffle_buffer)
         for e in examples:
             buf.append(e)
-            if len(buf) >= self.shuffle_buffer:
+            if len(buf) < self.shuffle_buffer:
+                nxt = next(examples, None)
+                if nxt is not None:
+                    buf.append(nxt)
+            if len(buf) >= initial:
                 yield buf.pop(rng.randrange(len(buf)))
         rng.shuffle(buf)
         yield from buf

@@ -104,18 +104,56 @@ class VisionTower(nn.Module):
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that determines the features; `id` is a short hash of the rest."""
-        fp: dict[str, Any] = {
-            "model": self.name,
-            "revision": self.revision or self._commit,
-            "weights": weights_hash(self.name),
-            "layer": self.feature_layer,
-            "select": self.select,
-            "resolution": self.image_size,
-            "preprocessing": f"{self.aspect}+clip-normalize mean={list(self.spec.mean)} std={list(self.spec.std)}",
-            "dtype": self.dtype_name,
-        }
-        fp["id"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
-        return fp
+        return encoder_fingerprint(
+            self.name,
+            self.revision or self._commit,
+            self.feature_layer,
+            self.select,
+            self.aspect,
+            self.dtype_name,
+            self.image_size,
+            self.spec,
+        )
+
+
+def encoder_fingerprint(
+    model: str,
+    revision: str | None,
+    layer: int,
+    select: str,
+    aspect: str,
+    dtype: str,
+    resolution: int,
+    spec: ImageSpec,
+) -> dict[str, Any]:
+    """The identity of a feature encoder; `id` is a short hash of everything else."""
+    fp: dict[str, Any] = {
+        "model": model,
+        "revision": revision,
+        "weights": weights_hash(model),
+        "layer": layer,
+        "select": select,
+        "resolution": resolution,
+        "preprocessing": f"{aspect}+clip-normalize mean={list(spec.mean)} std={list(spec.std)}",
+        "dtype": dtype,
+    }
+    fp["id"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+    return fp
+
+
+def describe_encoder(
+    model: str, *, revision: str | None, feature_layer: int, select: str, aspect: str, dtype: str
+) -> tuple[dict[str, Any], int]:
+    """(fingerprint, feature width) of a tower from its config and processor alone — no weights loaded."""
+    config = AutoConfig.from_pretrained(model, revision=revision)
+    vcfg = getattr(config, "vision_config", config)
+    processor = AutoImageProcessor.from_pretrained(model, revision=revision)
+    spec = ImageSpec.from_processor(processor, aspect)
+    commit = revision or getattr(config, "_commit_hash", None)
+    fp = encoder_fingerprint(
+        model, commit, feature_layer, select, aspect, dtype, int(vcfg.image_size), spec
+    )
+    return fp, int(vcfg.hidden_size)
 
 
 def weights_hash(model: str) -> str | None:

@@ -12,6 +12,7 @@ Every fusion maps the stacked branch outputs (E, B, M, c) to (B, M, c).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
@@ -34,8 +35,16 @@ class ChannelMLPFusion(nn.Module):
         """(E, B, M, c) -> (B, M, c)"""
         E, B, M, c = o.shape
         z = o.reshape(E, B * M * c)  # one column z_ij per (token, channel)
-        w1, b1, w2, b2 = self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
-        out = _ChannelMLP.apply(z, w1, b1, w2, b2)
+        # compute in the branches' dtype (bf16 under autocast); autocast would mix dtypes inside
+        params = (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        w1, b1, w2, b2 = (t.to(z.dtype) for t in params)
+        no_autocast = (
+            torch.autocast(z.device.type, enabled=False)
+            if z.device.type in ("cpu", "cuda")
+            else nullcontext()
+        )
+        with no_autocast:
+            out = _ChannelMLP.apply(z, w1, b1, w2, b2)
         return out.view(B, M, c)
 
 

@@ -1,0 +1,174 @@
+"""Checkpoints: the projector alone (stage 1), the full MLLM (stage 2), and resumable training state.
+
+Projector checkpoint: `projector.safetensors` + `projector.json` naming the projector, its dims and
+options. Loading into another projector type or shape is an error that lists every difference —
+never a partial load. Training state (`checkpoints/last/`): trainable weights, optimizer, scheduler,
+RNG states and data position, written to a temp directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from msr.projectors import Projector, build_projector, projector_options, validate_options
+from msr.utils.io import atomic_write, atomic_write_json
+
+PROJECTOR_WEIGHTS, PROJECTOR_CONFIG = "projector.safetensors", "projector.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit what the params ask for; the message lists the differences."""
+
+
+def projector_config(projector: Projector, options: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a projector's parameters: name, dims, budget, grid and every option
+    (defaults filled in, so spelling a default out changes nothing)."""
+    defaults = {k: d for k, (_, d) in projector_options(projector.name).items()}
+    options = {k: v for k, v in {**defaults, **options}.items() if k != "grid"}
+    options = json.loads(json.dumps(options))  # the json form, as it is stored
+    return {
+        "name": projector.name,
+        "vision_dim": projector.vision_dim,
+        "llm_dim": projector.llm_dim,
+        "num_queries": projector.num_queries,
+        "grid": list(projector.grid) if projector.grid else None,
+        "options": dict(sorted(options.items())),
+        "params": sum(p.numel() for p in projector.parameters()),
+    }
+
+
+def save_projector(out: Path, projector: Projector, options: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in projector.state_dict().items()}
+    data = safetensors_bytes(state)
+
+    def write(f: BinaryIO) -> None:
+        f.write(data)
+
+    atomic_write(out / PROJECTOR_WEIGHTS, write)
+    atomic_write_json(out / PROJECTOR_CONFIG, projector_config(projector, options))
+
+
+def load_projector(directory: Path, expected: dict[str, Any] | None = None) -> Projector:
+    """Build the projector a checkpoint describes and load its weights (strict).
+
+    `expected` is the config the caller needs (from `projector_config` of a freshly built projector):
+    any difference is a CheckpointError listing each field, checkpoint vs expected.
+    """
+    cfg_path = directory / PROJECTOR_CONFIG
+    if not cfg_path.exists():
+        raise CheckpointError(
+            f"no projector checkpoint in {directory} ({PROJECTOR_CONFIG} missing)"
+        )
+    cfg = json.loads(cfg_path.read_text())
+    if expected is not None:
+        diffs = [
+            f"{key}: checkpoint has {cfg.get(key)!r}, params ask for {expected.get(key)!r}"
+            for key in ("name", "vision_dim", "llm_dim", "num_queries", "grid", "options", "params")
+            if cfg.get(key) != expected.get(key)
+        ]
+        if diffs:
+            raise CheckpointError(
+                f"{directory} holds a different projector than the params describe: "
+                + "; ".join(diffs)
+            )
+    options = validate_options(cfg["name"], cfg["options"])
+    grid = tuple(cfg["grid"]) if cfg["grid"] else None
+    options.pop("grid", None)
+    projector = build_projector(
+        cfg["name"],
+        vision_dim=cfg["vision_dim"],
+        llm_dim=cfg["llm_dim"],
+        num_queries=cfg["num_queries"],
+        grid=grid,
+        **options,
+    )
+    state = load_file(directory / PROJECTOR_WEIGHTS)
+    missing, unexpected = projector.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{directory}: weights do not fit a {cfg['name']} projector: missing {missing}, unexpected {unexpected}"
+        )
+    return projector
+
+
+# ---- resumable training state (plain torch path) ------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def save_training_state(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    position: dict[str, Any],
+) -> None:
+    """Write `directory` atomically: trainable weights, optimizer, scheduler, RNG, position."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(position, indent=2))
+    if directory.exists():
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+
+
+def load_training_state(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, Any]:
+    """Restore what `save_training_state` wrote; returns the position."""
+    weights = load_file(str(directory / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    unknown = sorted(set(weights) - {n for n, p in params.items() if p.requires_grad})
+    if unknown:
+        raise CheckpointError(
+            f"{directory}: checkpoint has parameters this model does not train: {unknown[:5]}"
+        )
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(directory / "rng.pt", weights_only=False))
+    return json.loads((directory / "state.json").read_text())

@@ -1,0 +1,210 @@
+"""Training: what each stage trains, the loss falls, checkpoints resume exactly, bad input stops early."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from msr.config import Params, parse_params
+from msr.train import checkpoint as ckpt
+from msr.train.loop import TrainingError, train
+from stages import features
+
+
+def variant(params: Params, root: Path, **sections: dict[str, Any]) -> Params:
+    """params with its own pretrain/finetune/reports dirs under root and section overrides."""
+    raw = params.model_dump(mode="json")
+    raw["paths"].update(
+        pretrain=str(root / "pretrain"),
+        finetune=str(root / "finetune"),
+        reports=str(root / "reports"),
+    )
+    raw["llm"]["dtype"] = "fp32"  # save the master weights, so comparisons are exact
+    for key, value in sections.items():
+        raw[key] = {**raw[key], **value}
+    return parse_params(raw)
+
+
+FAST = {"log_every": 1, "save_every": 1000, "loader_workers": 0, "shuffle_buffer": 50}
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_workspace: Params, tmp_path_factory: pytest.TempPathFactory) -> Params:
+    raw = tiny_workspace.model_dump(mode="json")
+    raw["paths"]["features"] = str(tmp_path_factory.mktemp("features"))
+    raw["pretrain"].update(per_device_batch=4, **FAST)
+    raw["finetune"].update(per_device_batch=4, **FAST)
+    params = parse_params(raw)
+    features.run(params, workers=0)
+    return params
+
+
+def test_stage1_trains_only_the_projector(workspace: Params, tmp_path: Path) -> None:
+    p = variant(workspace, tmp_path, pretrain={"max_steps": 3})
+    result = train(p, "pretrain")
+    assert result.steps == 3 and result.samples == 12
+    out = Path(p.paths.pretrain)
+    assert sorted(f.name for f in out.iterdir()) == [
+        "projector.json",
+        "projector.safetensors",
+        "train.json",
+    ]
+    trained = load_file(out / "projector.safetensors")
+    torch.manual_seed(0)
+    from msr.train.loop import build_projector_for
+
+    fresh, _ = build_projector_for(p, 64, 128)
+    assert any(not torch.equal(trained[k], v) for k, v in fresh.state_dict().items())
+    assert json.loads((out / "projector.json").read_text())["name"] == "ms_resampler"
+
+
+def interrupted(params: Params, stage: str, after: int) -> None:
+    """Run `stage` and stop it (as a crash would) once `after` steps are logged."""
+
+    def stop(step: int, total: int, metrics: dict[str, float]) -> None:
+        if step == after:
+            raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(params, stage, progress=stop)  # type: ignore[arg-type]
+
+
+def test_checkpoints_hold_only_trainable_weights(workspace: Params, tmp_path: Path) -> None:
+    p1 = variant(workspace, tmp_path, pretrain={"max_steps": 4, "save_every": 2})
+    interrupted(p1, "pretrain", after=3)
+    names = load_file(Path(p1.paths.pretrain) / "checkpoints" / "last" / "trainable.safetensors")
+    assert names and all(k.startswith("projector.") for k in names)  # stage 1: the LLM stays frozen
+    train(p1, "pretrain")
+    p2 = variant(workspace, tmp_path, finetune={"max_steps": 4, "save_every": 2})
+    interrupted(p2, "finetune", after=3)
+    names = load_file(Path(p2.paths.finetune) / "checkpoints" / "last" / "trainable.safetensors")
+    assert any(k.startswith("llm.") for k in names) and any(
+        k.startswith("projector.") for k in names
+    )
+
+
+def test_stage2_loss_falls_and_llm_changes(workspace: Params, tmp_path: Path) -> None:
+    p = variant(
+        workspace,
+        tmp_path,
+        pretrain={"max_steps": 2},
+        finetune={"max_steps": 30, "lr": 2e-3, "warmup_ratio": 0.1},
+    )
+    train(p, "pretrain")
+    result = train(p, "finetune", log_dir=Path(p.paths.reports) / "finetune")
+    assert result.last_loss < 0.6 * result.first_loss, (result.first_loss, result.last_loss)
+    out = Path(p.paths.finetune)
+    saved = load_file(out / "llm" / "model.safetensors")
+    initial = load_file(Path(p.llm.model) / "model.safetensors")
+    assert any(not torch.equal(saved[k], initial[k].float()) for k in initial)
+    stage1 = load_file(Path(p.paths.pretrain) / "projector.safetensors")
+    stage2 = load_file(out / "projector.safetensors")
+    assert any(not torch.equal(stage1[k], stage2[k]) for k in stage1)
+    metrics = json.loads((Path(p.paths.reports) / "finetune" / "metrics.json").read_text())
+    assert metrics["steps"] == 30 and "loss" in metrics["train"]
+    mllm = json.loads((out / "mllm.json").read_text())
+    assert mllm["template"] == "vicuna_v1" and mllm["projector"]["num_queries"] == 36
+
+
+def test_resume_gives_exactly_the_same_weights(workspace: Params, tmp_path: Path) -> None:
+    common = {"max_steps": 6, "save_every": 2}
+    straight = variant(workspace, tmp_path / "a", pretrain={"max_steps": 2}, finetune=common)
+    train(straight, "pretrain")
+    train(straight, "finetune")
+    resumed = variant(workspace, tmp_path / "b", pretrain={"max_steps": 2}, finetune=common)
+    shutil.copytree(straight.paths.pretrain, resumed.paths.pretrain)
+    interrupted(resumed, "finetune", after=5)  # the last checkpoint is at step 4
+    state = json.loads(
+        (Path(resumed.paths.finetune) / "checkpoints" / "last" / "state.json").read_text()
+    )
+    assert state["step"] == 4
+    result = train(resumed, "finetune", resume="yes")
+    assert result.resumed_from == 4 and result.steps == 6
+    for rel in ("projector.safetensors", "llm/model.safetensors"):
+        a = load_file(Path(straight.paths.finetune) / rel)
+        b = load_file(Path(resumed.paths.finetune) / rel)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+    assert not (Path(resumed.paths.finetune) / "checkpoints").exists()  # removed once finished
+
+
+def test_resume_refuses_a_checkpoint_of_other_params(workspace: Params, tmp_path: Path) -> None:
+    p = variant(workspace, tmp_path, pretrain={"max_steps": 4, "save_every": 2})
+    interrupted(p, "pretrain", after=3)
+    other = variant(workspace, tmp_path, pretrain={"max_steps": 4, "save_every": 2, "lr": 5e-4})
+    with pytest.raises(TrainingError, match="made with other params"):
+        train(other, "pretrain", resume="yes")
+    assert train(other, "pretrain", resume="auto").resumed_from == 0  # auto: start over
+
+
+def test_stage1_checkpoint_of_another_projector_is_rejected(
+    workspace: Params, tmp_path: Path
+) -> None:
+    p = variant(workspace, tmp_path, pretrain={"max_steps": 1})
+    train(p, "pretrain")
+    raw = p.model_dump(mode="json")
+    raw["projector"]["num_queries"] = 64
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"num_queries: checkpoint has 36, params ask for 64"
+    ):
+        train(parse_params(raw), "finetune")
+    raw["projector"]["num_queries"], raw["projector"]["name"] = 36, "resampler"
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"name: checkpoint has 'ms_resampler', params ask for 'resampler'",
+    ):
+        train(parse_params(raw), "finetune")
+
+
+def test_features_of_another_encoder_stop_before_training(
+    workspace: Params, tmp_path: Path
+) -> None:
+    raw = variant(workspace, tmp_path).model_dump(mode="json")
+    raw["vision"]["feature_layer"] = -1
+    with pytest.raises(TrainingError, match=r"another encoder .*layer: -2 vs -1"):
+        train(parse_params(raw), "pretrain")
+
+
+def test_missing_features_stop_before_training(workspace: Params, tmp_path: Path) -> None:
+    raw = variant(workspace, tmp_path).model_dump(mode="json")
+    raw["paths"]["features"] = str(tmp_path / "nowhere")
+    with pytest.raises(TrainingError, match="no feature manifest"):
+        train(parse_params(raw), "pretrain")
+
+
+def test_nan_loss_names_step_and_samples(
+    workspace: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from msr.models.mllm import MLLM
+
+    original = MLLM.forward
+
+    def poisoned(self: MLLM, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(MLLM, "forward", poisoned)
+    p = variant(workspace, tmp_path, pretrain={"max_steps": 2})
+    with pytest.raises(TrainingError, match=r"loss is nan at step 0 .*samples: \S+/\S+"):
+        train(p, "pretrain")
+
+
+def test_schedule_warms_up_then_decays() -> None:
+    from msr.train.loop import cosine_with_warmup
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = cosine_with_warmup(opt, total=100, warmup_ratio=0.03)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1 / 3) and lrs[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[2:])) and lrs[-1] < 0.01
