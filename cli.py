@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -326,6 +326,67 @@ def finetune(
 ) -> None:
     """Stage 2: instruction-tune projector + LLM from the stage-1 projector; save the full model."""
     _train_command("finetune", params, set_, resume, trace)
+
+
+@app.command("eval")
+def eval_(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Answer every configured benchmark with the stage-2 model, score, write reports/eval.{json,md}."""
+    _setup_logging()
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from msr.eval.answers import AnswersError
+    from msr.eval.benchmarks import BenchmarkMissing
+    from stages import eval as stage
+
+    p = _load(params, set_)
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            console=err_console,
+        ) as bar:
+            tasks: dict[str, Any] = {}
+
+            def update(name: str, done: int, total: int) -> None:
+                if name not in tasks:
+                    tasks[name] = bar.add_task(name, total=total)
+                bar.update(tasks[name], completed=done)
+
+            summary = stage.run(p, progress=update)
+    except (BenchmarkMissing, AnswersError, FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from None
+    for name, value in summary["headline"].items():
+        console.print(f"{name}: {value:.2f}")
+
+
+@app.command()
+def predict(
+    image: Annotated[Path, typer.Option(help="An image file.")],
+    question: Annotated[str, typer.Option(help="The question to ask about it.")],
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model directory (default: paths.finetune).")
+    ] = None,
+) -> None:
+    """Answer one question about one image with a trained model."""
+    from msr.eval.benchmarks import ImageRef, Question
+    from msr.eval.generate import GenerationArgs, Generator
+    from msr.models.load import load_mllm
+
+    p = _load(params, set_)
+    if not image.exists():
+        raise _fail(f"image {image} does not exist")
+    try:
+        loaded = load_mllm(model or Path(p.paths.finetune), dtype=p.eval.dtype)
+    except FileNotFoundError as err:
+        raise _fail(str(err)) from None
+    generator = Generator(loaded, GenerationArgs(max_new_tokens=p.eval.max_new_tokens))
+    answer = generator.answer(
+        [Question("cli", "cli", question, question, ImageRef(image))], batch_size=1
+    )[0]
+    console.print(answer)
 
 
 def main() -> None:

@@ -36,8 +36,14 @@ def variant(params: Any, work: Path, stage: str, steps: int, deepspeed: str | No
     raw["paths"].update(
         pretrain=str(work / "pretrain"), finetune=str(work / "finetune"), reports=str(work / "r")
     )
-    raw[stage].update(max_steps=steps, save_every=10**6, log_every=10**6, deepspeed=deepspeed,
-                      launcher="none", num_devices=1)  # fmt: skip
+    raw[stage].update(
+        max_steps=steps,
+        save_every=10**6,
+        log_every=10**6,
+        deepspeed=deepspeed,
+        launcher="none",
+        num_devices=1,
+    )
     return parse_params(raw)
 
 
@@ -118,20 +124,22 @@ def render(r: dict[str, Any]) -> str:
         f"{100 * m['data_wait_share']:.1f}% | {m['startup_wait_s']:.2f} s |"
         for name, m in med.items()
     ]
-    return "\n".join([
-        "# Training benchmark (tiny preset)",
-        "",
-        f"Device: {env['device']} ({env['cpu']}), {env['threads']} threads, torch {env['torch']}; "
-        f"{r['steps']} steps per run, batch {r['batch']}, median of {len(r['runs']['pretrain'])} alternating runs.",
-        "",
-        "| run | samples/s | tokens/s | ms/step | data wait (steady state) | first batch |",
-        "| :--- | ---: | ---: | ---: | ---: | ---: |",
-        *rows,
-        "",
-        f"- Data wait ≤ 5% of step time: {'met' if r['data_wait_met'] else 'NOT met'}.",
-        f"- Stage-2 step with a DeepSpeed engine (ZeRO-2, one process) / without: {r['deepspeed_step_ratio']:.2f}×.",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            "# Training benchmark (tiny preset)",
+            "",
+            f"Device: {env['device']} ({env['cpu']}), {env['threads']} threads, torch {env['torch']}; "
+            f"{r['steps']} steps per run, batch {r['batch']}, median of {len(r['runs']['pretrain'])} alternating runs.",
+            "",
+            "| run | samples/s | tokens/s | ms/step | data wait (steady state) | first batch |",
+            "| :--- | ---: | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+            f"- Data wait ≤ 5% of step time: {'met' if r['data_wait_met'] else 'NOT met'}.",
+            f"- Stage-2 step with a DeepSpeed engine (ZeRO-2, one process) / without: {r['deepspeed_step_ratio']:.2f}×.",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ class Synth(Section):
     max_objects: int = Field(3, gt=0)
     glyph_size: int = Field(56, ge=0)  # font size in pixels; 0 draws no glyphs
     glyph_prob: float = Field(0.5, ge=0, le=1)
+    mc_prob: float = Field(0.25, ge=0, le=1)  # share of training questions asked as multiple choice
+    ocr_prob: float = Field(0.5, ge=0, le=1)  # share of glyph questions with an OCR-token line
 
     @model_validator(mode="after")
     def _known_colors(self) -> Synth:
@@ -204,11 +206,25 @@ class Train(Section):
 class Eval(Section):
     """Benchmarks to run and how to generate."""
 
-    benchmarks: list[str] = Field(default_factory=list)
+    benchmarks: list[str] = Field(default_factory=list)  # real benchmarks, read from eval.root
+    synth: list[str] = Field(default_factory=list)  # synthetic sets, read from paths.synth/eval
     root: str | None = None  # LLaVA's playground/data/eval, for the real benchmarks
     batch_size: int = Field(8, gt=0)
     max_new_tokens: int = Field(128, gt=0)
+    dtype: DType = "bf16"  # inference dtype of the LLM and projector
+    limit: int | None = Field(None, gt=0)  # at most this many questions per benchmark (quick runs)
     reference: str | None = None  # a reports/eval.json to compute the paper's "Avg." against
+
+    @field_validator("benchmarks", "synth")
+    @classmethod
+    def _known(cls, names: list[str], info: Any) -> list[str]:
+        from msr.eval.benchmarks import REAL, SYNTH
+
+        known = REAL if info.field_name == "benchmarks" else SYNTH
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown benchmark(s) {unknown}; known: {', '.join(known)}")
+        return names
 
 
 class Profile(Section):

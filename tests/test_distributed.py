@@ -23,8 +23,15 @@ from stages import features, models, synth
 from tests.conftest import tiny_params
 
 ROOT = Path(__file__).resolve().parents[1]
-DIST = {"per_device_batch": 4, "num_devices": 2, "launcher": "torchrun", "max_steps": 3, "log_every": 1,
-        "loader_workers": 0, "shuffle_buffer": 20}  # fmt: skip
+DIST = {
+    "per_device_batch": 4,
+    "num_devices": 2,
+    "launcher": "torchrun",
+    "max_steps": 3,
+    "log_every": 1,
+    "loader_workers": 0,
+    "shuffle_buffer": 20,
+}
 
 
 @pytest.fixture(scope="module")

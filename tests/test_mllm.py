@@ -10,11 +10,27 @@ from msr.models.mllm import MLLM
 from msr.projectors import build_projector
 
 LLMS = {
-    "llama": lambda: LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=96,
-                                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)),
-    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(vocab_size=100, hidden_size=48, intermediate_size=96,
-                                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)),
-}  # fmt: skip
+    "llama": lambda: LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=100,
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+        )
+    ),
+    "qwen2": lambda: Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=100,
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ),
+}
 
 
 def batch(m: int) -> tuple[torch.Tensor, ...]:
@@ -40,7 +56,9 @@ def test_forward_and_backward(family: str) -> None:
 
 def test_tokens_land_on_the_image_positions() -> None:
     torch.manual_seed(0)
-    model = MLLM(LLMS["llama"](), build_projector("resampler", vision_dim=16, llm_dim=48, num_queries=4))
+    model = MLLM(
+        LLMS["llama"](), build_projector("resampler", vision_dim=16, llm_dim=48, num_queries=4)
+    )
     ids, _, mask, _ = batch(4)
     feats = torch.randn(1, 16, 16)
     embeds = model.embed(ids, mask, feats)
@@ -50,12 +68,21 @@ def test_tokens_land_on_the_image_positions() -> None:
 
 
 def test_count_mismatch_names_both_counts() -> None:
-    model = MLLM(LLMS["llama"](), build_projector("resampler", vision_dim=16, llm_dim=48, num_queries=4))
+    model = MLLM(
+        LLMS["llama"](), build_projector("resampler", vision_dim=16, llm_dim=48, num_queries=4)
+    )
     ids, _, mask, _ = batch(5)
-    with pytest.raises(ValueError, match=r"marks 5 image positions, the projector produced 4 tokens \(1 images × M=4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"marks 5 image positions, the projector produced 4 tokens \(1 images × M=4\)",
+    ):
         model.embed(ids, mask, torch.randn(1, 16, 16))
 
 
 def test_width_mismatch() -> None:
-    with pytest.raises(ValueError, match="projector outputs width 64, but the LLM's embeddings are 48 wide"):
-        MLLM(LLMS["llama"](), build_projector("resampler", vision_dim=16, llm_dim=64, num_queries=4))
+    with pytest.raises(
+        ValueError, match="projector outputs width 64, but the LLM's embeddings are 48 wide"
+    ):
+        MLLM(
+            LLMS["llama"](), build_projector("resampler", vision_dim=16, llm_dim=64, num_queries=4)
+        )

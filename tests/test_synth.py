@@ -145,12 +145,13 @@ def test_gqa_format(tiny_workspace: Params) -> None:
         json.loads(line)
         for line in (root / "llava_gqa_testdev_balanced.jsonl").read_text().splitlines()
     ]
-    official = json.loads((root / "testdev_balanced_questions.json").read_text())
+    official = json.loads((root / "data" / "testdev_balanced_questions.json").read_text())
     for q in questions:
         assert isinstance(q["question_id"], str)
         entry = official[q["question_id"]]
         assert entry["isBalanced"] and q["image"] == f"{entry['imageId']}.jpg"
         assert entry["answer"] == entry["answer"].lower() and q["text"] == entry["question"] + SHORT
+        assert (root / "data" / "images" / q["image"]).exists()
 
 
 def test_every_category_is_generated(tiny_workspace: Params) -> None:

@@ -73,8 +73,15 @@ def launch_command(cfg: Train, argv: list[str]) -> list[str]:
     """The command that starts `argv` (this msr invocation) on cfg.num_devices processes."""
     cli = str(Path(__file__).resolve().parents[2] / "cli.py")
     if cfg.launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc_per_node={cfg.num_devices}", cli, *argv]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={cfg.num_devices}",
+            cli,
+            *argv,
+        ]
     if cfg.launcher == "deepspeed":
         exe = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
         return [exe, f"--num_gpus={cfg.num_devices}", cli, *argv]

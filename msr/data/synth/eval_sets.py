@@ -21,6 +21,7 @@ from msr.data.synth.scene import GLYPHS, Scene, render
 from msr.utils.io import atomic_write_json, atomic_write_text
 
 SHORT = "\nAnswer the question using a single word or phrase."
+MC = "\nAnswer with the option's letter from the given choices directly."
 POPE_SPLITS = {"adversarial": 1, "random": 10_000_001, "popular": 20_000_001}  # first question id
 MMBENCH_CATEGORIES = ("global", "local_attribute", "counting", "spatial")
 GQA_CATEGORIES = ("spatial", "local_attribute", "existence", "global")
@@ -44,9 +45,7 @@ def write_textvqa(root: Path, scenes: Sequence[Scene], rng: random.Random, save:
         image_id = _hex_id(scene)
         save(render(scene), root / "train_images" / f"{image_id}.jpg")
         q = "What letter or digit is written in the image?"
-        distractors = rng.sample([c for c in GLYPHS if c != scene.glyph.char], 2)
-        ocr = ", ".join(rng.sample([scene.glyph.char, *distractors], 3))
-        text = f"{q}\nReference OCR token: {ocr}{SHORT}"
+        text = f"{q}\nReference OCR token: {ocr_tokens(rng, scene.glyph.char)}{SHORT}"
         questions.append({"question_id": image_id, "image": f"{image_id}.jpg", "text": text, "category": "glyph"})
         annotations.append(
             {"question": q, "image_id": image_id, "question_id": n, "answers": [scene.glyph.char.lower()] * 10}
@@ -56,6 +55,12 @@ def write_textvqa(root: Path, scenes: Sequence[Scene], rng: random.Random, save:
         root / "TextVQA_0.5.1_val.json", {"dataset_type": "val", "dataset_name": "textvqa", "data": annotations}
     )
     return len(questions)
+
+
+def ocr_tokens(rng: random.Random, char: str) -> str:
+    """An OCR-token line: the glyph and two distractors, shuffled (a noisy OCR system's output)."""
+    distractors = rng.sample([c for c in GLYPHS if c != char], 2)
+    return ", ".join(rng.sample([char, *distractors], 3))
 
 
 def write_pope(
@@ -132,15 +137,16 @@ def write_mmbench(root: Path, scenes: Sequence[Scene], rng: random.Random, palet
 def write_gqa(
     root: Path, scenes: Sequence[Scene], rng: random.Random, palette: Sequence[str], save: SaveImage
 ) -> int:
-    """Short answers scored by exact match: LLaVA's question jsonl (question_id a string) and the
-    official testdev_balanced_questions.json (qid -> question, answer, imageId, isBalanced, types)."""
+    """Short answers scored by exact match: LLaVA's question jsonl (question_id a string) and, under
+    data/ as in LLaVA's layout, the official testdev_balanced_questions.json (qid -> question,
+    answer, imageId, isBalanced, types) and the images."""
     questions, official = [], {}
     for i, scene in enumerate(scenes):
         qa = ask(rng, scene, GQA_CATEGORIES[i % len(GQA_CATEGORIES)], palette)
         if qa is None:
             continue
         image_id = f"n{100000 + i}"
-        save(render(scene), root / "images" / f"{image_id}.jpg")
+        save(render(scene), root / "data" / "images" / f"{image_id}.jpg")
         qid = str(20_000_000 + i)
         questions.append({"question_id": qid, "image": f"{image_id}.jpg", "text": qa.question + SHORT,
                           "category": qa.category})
@@ -155,7 +161,7 @@ def write_gqa(
             "groups": {"global": None, "local": None},
         }
     atomic_write_text(root / "llava_gqa_testdev_balanced.jsonl", _jsonl(questions))
-    atomic_write_json(root / "testdev_balanced_questions.json", official)
+    atomic_write_json(root / "data" / "testdev_balanced_questions.json", official)
     return len(questions)
 
 

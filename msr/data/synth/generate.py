@@ -20,7 +20,7 @@ from PIL import Image
 
 from msr.config import Synth
 from msr.data.synth import eval_sets
-from msr.data.synth.questions import ask, caption, display
+from msr.data.synth.questions import QA, ask, caption, display
 from msr.data.synth.scene import Scene, SceneSpec, render, sample_scene
 from msr.utils.io import atomic_write, atomic_write_json
 
@@ -75,12 +75,26 @@ def _instruct_record(
         seen.add(qa.question)
         counts[qa.category] += 1
         prefix = "<image>\n" if not turns else ""
-        turns.append({"from": "human", "value": f"{prefix}{qa.question}{eval_sets.SHORT}"})
-        turns.append({"from": "gpt", "value": display(qa.answer)})
+        question, answer = _phrase(rng, scene, qa, cfg)
+        turns.append({"from": "human", "value": prefix + question})
+        turns.append({"from": "gpt", "value": answer})
     if not turns:
         return None
     name = f"{idx:012d}"
     return {"id": name, "image": f"shapes/{name}.jpg", "conversations": turns}
+
+
+def _phrase(rng: random.Random, scene: Scene, qa: QA, cfg: Synth) -> tuple[str, str]:
+    """A question as the training mix phrases it: short answer, multiple choice (letter answer), or
+    for glyphs with a `Reference OCR token:` line — the prompt shapes the evaluation sets use."""
+    if len(qa.choices) >= 2 and rng.random() < cfg.mc_prob:
+        letters = "ABCD"[: len(qa.choices)]
+        options = "".join(f"\n{letter}. {choice}" for letter, choice in zip(letters, qa.choices, strict=False))
+        return f"{qa.question}{options}{eval_sets.MC}", letters[qa.choices.index(qa.answer)]
+    question = qa.question
+    if qa.category == "glyph" and scene.glyph is not None and rng.random() < cfg.ocr_prob:
+        question += f"\nReference OCR token: {eval_sets.ocr_tokens(rng, scene.glyph.char)}"
+    return f"{question}{eval_sets.SHORT}", display(qa.answer)
 
 
 def _text_record(rng: random.Random, idx: int) -> dict[str, Any]:

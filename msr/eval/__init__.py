@@ -1,0 +1,1 @@
+"""Evaluation: benchmark adapters, official-equivalent scorers, batched generation with a cache."""

@@ -1,0 +1,154 @@
+"""The benchmark interface: read questions from a local directory in the benchmark's own layout,
+score predictions with the official rule, write the official answer / submission files.
+
+A benchmark's directory must hold its `files`; a missing one is an error listing every expected
+file and where it goes. Per-category accuracy comes with a majority-answer baseline (what always
+answering the most common gold answer of the category scores), never 1/#answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from PIL import Image
+
+SHORT = "\nAnswer the question using a single word or phrase."
+MC = "\nAnswer with the option's letter from the given choices directly."
+
+
+class BenchmarkMissing(FileNotFoundError):
+    """A benchmark directory or file is not where the adapter reads it."""
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image's bytes come from: a file, or bytes embedded in the question file."""
+
+    path: Path | None = None
+    data: bytes | None = None
+
+    def open(self) -> Image.Image:
+        if self.data is not None:
+            return Image.open(io.BytesIO(self.data))
+        assert self.path is not None
+        if not self.path.exists():
+            raise BenchmarkMissing(f"image {self.path} does not exist")
+        return Image.open(self.path)
+
+    def digest(self) -> str:
+        raw = self.data if self.data is not None else self.path.read_bytes() if self.path else b""
+        return hashlib.sha1(raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class Question:
+    key: str  # unique within the benchmark: joins predictions, answers and the cache
+    qid: Any  # the question id exactly as the source writes it (int or str)
+    text: str  # the user turn after "<image>\n", suffixes included
+    prompt: str  # the `prompt` field of LLaVA's answer line
+    image: ImageRef | None
+    category: str | None = None
+    gold: Any = None  # what the scorer compares with
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Benchmark:
+    """Base class; subclasses set `name`, `files`, `main` and implement `load`, `correct`, `metrics`."""
+
+    name: ClassVar[str] = ""
+    files: ClassVar[tuple[str, ...]] = ()  # relative to root, for the missing-files message
+    main: ClassVar[str] = ""  # the headline metric in the results table
+    higher: ClassVar[float] = 100.0  # scale of the headline metric
+
+    def __init__(self, root: Path, label: str | None = None) -> None:
+        self.root = Path(root)
+        self.label = label or self.name
+
+    def check(self) -> None:
+        missing = [f for f in self.files if not (self.root / f).exists()]
+        if missing:
+            listing = "\n".join(
+                f"  {self.root / f}" + ("   <- missing" if f in missing else "") for f in self.files
+            )
+            raise BenchmarkMissing(
+                f"benchmark {self.label!r}: {len(missing)} expected file(s) missing under {self.root}. "
+                f"It reads (LLaVA-1.5's layout):\n{listing}"
+            )
+
+    def questions(self, limit: int | None = None) -> list[Question]:
+        self.check()
+        qs = self.load()
+        return qs[:limit] if limit else qs
+
+    def load(self) -> list[Question]:
+        raise NotImplementedError
+
+    def correct(self, q: Question, prediction: str) -> float:
+        """Score in [0, 1] of one prediction."""
+        raise NotImplementedError
+
+    def metrics(
+        self, questions: Sequence[Question], predictions: Mapping[str, str]
+    ) -> dict[str, float]:
+        """Official metrics; default: accuracy in percent."""
+        return {"acc": 100 * _mean(self.correct(q, predictions[q.key]) for q in questions)}
+
+    def gold_text(self, q: Question) -> str:
+        """The answer a constant predictor would have to give to be right (for majority baselines)."""
+        return str(q.gold)
+
+    def topic(self, q: Question) -> str | None:
+        """The question category per-category accuracy groups by (the benchmark's own by default)."""
+        return q.category
+
+    def per_category(
+        self, questions: Sequence[Question], predictions: Mapping[str, str]
+    ) -> dict[str, dict[str, float]]:
+        """Accuracy per category, with the majority-answer baseline of that category."""
+        groups: dict[str, list[Question]] = defaultdict(list)
+        for q in questions:
+            topic = self.topic(q)
+            if topic is not None:
+                groups[topic].append(q)
+        out = {}
+        for cat, qs in sorted(groups.items()):
+            out[cat] = {
+                "n": len(qs),
+                "acc": 100 * _mean(self.correct(q, predictions[q.key]) for q in qs),
+                "majority": 100 * self.majority(qs),
+            }
+        return out
+
+    def majority(self, qs: Sequence[Question]) -> float:
+        """Best score of answering one constant among the most common gold answers."""
+        common = [a for a, _ in Counter(self.gold_text(q) for q in qs).most_common(5)]
+        return max((_mean(self.correct(q, a) for q in qs) for a in common), default=0.0)
+
+    def write_answers(
+        self, out: Path, questions: Sequence[Question], records: Sequence[dict[str, Any]]
+    ) -> list[Path]:
+        """Official answer / submission files beyond answers.jsonl (none by default)."""
+        return []
+
+
+def _mean(values: Any) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not valid json ({err.msg})") from None
+    return rows

@@ -1,0 +1,158 @@
+"""Batched greedy generation with a response cache.
+
+Prompts are built with the model's conversation template and LLaVA's evaluation suffixes, the image
+placeholder expanded to the projector's M positions, and left-padded into batches; generation runs
+on `inputs_embeds` with the KV cache. Responses are cached by (model fingerprint, image content,
+full prompt, generation arguments), so a rerun or an added benchmark generates only what is new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from msr.data.templates import prompt as build_prompt
+from msr.data.templates import stop_strings
+from msr.data.tokenize import IMAGE_TOKEN_INDEX, tokenize_with_image
+from msr.eval.benchmarks.base import Question
+from msr.models.load import LoadedModel
+from msr.models.preprocess import preprocess
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class GenerationArgs:
+    max_new_tokens: int = 128
+    do_sample: bool = False  # greedy, LLaVA's --temperature 0
+
+
+class ResponseCache:
+    """An append-only jsonl of {key, text}; a torn last line (a crash mid-write) is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, str] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    self.entries[row["key"]] = row["text"]
+                except (json.JSONDecodeError, KeyError):
+                    continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str) -> str | None:
+        return self.entries.get(key)
+
+    def put(self, items: dict[str, str]) -> None:
+        with self.path.open("a") as f:
+            for key, text in items.items():
+                f.write(json.dumps({"key": key, "text": text}) + "\n")
+            f.flush()
+        self.entries.update(items)
+
+
+class Generator:
+    def __init__(
+        self, loaded: LoadedModel, args: GenerationArgs, cache: ResponseCache | None = None
+    ) -> None:
+        self.m, self.args, self.cache = loaded, args, cache
+        tok = loaded.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        stops = {tok.eos_token_id}
+        for s in stop_strings(loaded.template):
+            sid = tok.convert_tokens_to_ids(s) if s in tok.get_vocab() else None
+            if sid is not None and sid != tok.unk_token_id:
+                stops.add(sid)
+        self.stop_ids = sorted(i for i in stops if i is not None)
+
+    def prompt(self, q: Question) -> str:
+        return build_prompt(q.text, self.m.template, has_image=q.image is not None)
+
+    def key(self, q: Question) -> str:
+        image = q.image.digest() if q.image is not None else ""
+        blob = json.dumps([self.m.fingerprint, image, self.prompt(q), asdict(self.args)])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def answer(
+        self, questions: Sequence[Question], batch_size: int, progress: Progress | None = None
+    ) -> list[str]:
+        """Predictions in question order; cached ones are not generated again."""
+        keys = [self.key(q) for q in questions]
+        out: list[str | None] = [self.cache.get(k) if self.cache else None for k in keys]
+        todo = [i for i, o in enumerate(out) if o is None]
+        if progress is not None and len(todo) < len(questions):
+            progress(len(questions) - len(todo))
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start : start + batch_size]
+            texts = self.generate([questions[i] for i in idx])
+            for i, t in zip(idx, texts, strict=True):
+                out[i] = t
+            if self.cache is not None:
+                self.cache.put({keys[i]: t for i, t in zip(idx, texts, strict=True)})
+            if progress is not None:
+                progress(len(idx))
+        return [o if o is not None else "" for o in out]
+
+    @torch.no_grad()
+    def generate(self, questions: Sequence[Question]) -> list[str]:
+        """One left-padded batch, greedy."""
+        model, tok = self.m.model, self.m.tokenizer
+        M = model.num_image_tokens
+        rows: list[list[int]] = []
+        starts: list[int | None] = []
+        for q in questions:
+            ids, _ = tokenize_with_image(self.prompt(q), tok)
+            if IMAGE_TOKEN_INDEX in ids:
+                at = ids.index(IMAGE_TOKEN_INDEX)
+                ids = ids[:at] + [self.pad_id] * M + ids[at + 1 :]
+                starts.append(at)
+            else:
+                starts.append(None)
+            rows.append(ids)
+        T = max(len(r) for r in rows)
+        device = next(model.llm.parameters()).device
+        input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), T), dtype=torch.long)
+        image_mask = torch.zeros((len(rows), T), dtype=torch.bool)
+        for i, (ids, start) in enumerate(zip(rows, starts, strict=True)):
+            offset = T - len(ids)  # left padding: every prompt ends where generation begins
+            input_ids[i, offset:] = torch.tensor(ids)
+            attention[i, offset:] = 1
+            if start is not None:
+                image_mask[i, offset + start : offset + start + M] = True
+        images = [q.image.open() for q in questions if q.image is not None]
+        features = None
+        if images:
+            assert model.vision is not None
+            pixels = preprocess(images, model.vision.spec, model.vision.dtype).to(device)
+            features = model.encode_images(pixels)  # (I, N, d)
+        new = model.generate(
+            input_ids.to(device),
+            attention.to(device),
+            image_mask.to(device),
+            features,
+            max_new_tokens=self.args.max_new_tokens,
+            do_sample=self.args.do_sample,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+        )
+        return [self.decode(row.tolist()) for row in new]
+
+    def decode(self, ids: list[int]) -> str:
+        for n, t in enumerate(ids):
+            if t in self.stop_ids:
+                ids = ids[:n]
+                break
+        text = self.m.tokenizer.decode(ids, skip_special_tokens=True)
+        for s in stop_strings(self.m.template):
+            text = text.split(s)[0]
+        return text.strip()

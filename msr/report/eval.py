@@ -1,0 +1,131 @@
+"""The evaluation report: `eval.json` (DVC metrics) and `eval.md` — a results row in the layout of
+the paper's Table 1 with its "Avg." column, every metric per benchmark, and the synthetic sets by
+question category against each category's majority-answer baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from msr.config import Params
+from msr.eval.benchmarks.mmvet import NOT_SCORED
+from msr.report.markdown import num, table
+
+COLUMNS = {  # benchmark -> column title (metric)
+    "vqav2": "VQAv2 (val acc)",
+    "gqa": "GQA (acc)",
+    "sqa": "SQA-IMG (acc)",
+    "textvqa": "TextVQA (acc)",
+    "pope": "POPE (F1)",
+    "mme": "MME (perception)",
+    "mmbench": "MMB (circular)",
+    "seed": "SEED-I (acc)",
+    "mmstar": "MMStar (avg)",
+    "ocrbench": "OCRBench (/1000)",
+    "mmvet": "MM-Vet",
+    "synth_textvqa": "synth TextVQA",
+    "synth_pope": "synth POPE (F1)",
+    "synth_mmbench": "synth MMB",
+    "synth_gqa": "synth GQA",
+}
+
+
+def summarize(results: dict[str, Any], params: Params, fingerprint: str) -> dict[str, Any]:
+    headline = {
+        n: r["metrics"].get(r["main"]) for n, r in results.items() if r["main"] in r["metrics"]
+    }
+    summary: dict[str, Any] = {
+        "model": {
+            "fingerprint": fingerprint,
+            "projector": params.projector.name,
+            "num_queries": params.projector.num_queries,
+            "llm": params.llm.model,
+            "vision": params.vision.model,
+        },
+        "benchmarks": {n: {**r["metrics"], "n": r["n"]} for n, r in results.items()},
+        "headline": headline,
+        "categories": {n: r["categories"] for n, r in results.items() if r["categories"]},
+        "notes": {n: NOT_SCORED for n in results if n == "mmvet"},
+        "reference": params.eval.reference,
+        "avg": None,
+    }
+    if params.eval.reference:
+        ref = json.loads(Path(params.eval.reference).read_text())["headline"]
+        ratios = [v / ref[k] for k, v in headline.items() if v is not None and ref.get(k)]
+        summary["avg"] = 100 * sum(ratios) / len(ratios) if ratios else None
+        summary["reference_headline"] = ref
+    return summary
+
+
+def render(s: dict[str, Any]) -> str:
+    m = s["model"]
+    names = [n for n in COLUMNS if n in s["benchmarks"]]
+    header = ["Model", "Projector", "M", *[COLUMNS[n] for n in names], "Avg."]
+    rows = [
+        [
+            "this run",
+            f"`{m['projector']}`",
+            m["num_queries"],
+            *[num(s["headline"].get(n), 1) if n != "mmvet" else "–" for n in names],
+            num(s["avg"], 1),
+        ]
+    ]
+    if s.get("reference_headline"):
+        ref = s["reference_headline"]
+        rows.append(["reference", "", "", *[num(ref.get(n), 1) for n in names], "100.0"])
+    lines = [
+        "# Evaluation",
+        "",
+        f"Model `{m['fingerprint']}`: {m['vision']} → `{m['projector']}` (M = {m['num_queries']}) → {m['llm']}. "
+        "Greedy decoding with LLaVA-1.5's prompts; scores use each benchmark's official rule.",
+        "",
+        "## Results",
+        "",
+        table(header, rows, "lll" + "r" * (len(header) - 3)),
+        "",
+        "Avg. is the mean over benchmarks of this run's headline score divided by the reference run's "
+        + (
+            f"(`{s['reference']}`)."
+            if s.get("reference")
+            else "(no reference run set: `eval.reference`)."
+        ),
+        "",
+        "## Every metric",
+        "",
+    ]
+    for n in names:
+        metrics = {k: v for k, v in s["benchmarks"][n].items() if k != "n"}
+        note = s["notes"].get(n)
+        body = note if note else ", ".join(f"{k} {num(v, 2)}" for k, v in metrics.items())
+        lines.append(f"- **{n}** ({s['benchmarks'][n]['n']} questions): {body}")
+    if s["categories"]:
+        lines += [
+            "",
+            "## By question category",
+            "",
+            "Accuracy per category against the majority-answer baseline (always giving the category's "
+            "most common gold answer), not against 1/#answers.",
+            "",
+        ]
+        rows = [
+            [
+                n,
+                cat,
+                v["n"],
+                num(v["acc"], 1),
+                num(v["majority"], 1),
+                f"{v['acc'] - v['majority']:+.1f}",
+            ]
+            for n, cats in s["categories"].items()
+            for cat, v in cats.items()
+        ]
+        lines.append(
+            table(
+                ["set", "category", "questions", "accuracy", "majority baseline", "Δ"],
+                rows,
+                "llrrrr",
+            )
+        )
+    lines.append("")
+    return "\n".join(lines)
