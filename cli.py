@@ -389,6 +389,40 @@ def predict(
     console.print(answer)
 
 
+@app.command()
+def profile(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    analytic: Annotated[
+        bool, typer.Option("--analytic", help="Only the analytic cost (meta device, no weights).")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="With --analytic: the json to write.")
+    ] = None,
+) -> None:
+    """Efficiency profile: analytic MACs / KV cache / params and measured latencies (Table 7)."""
+    _setup_logging()
+    from msr.utils.io import atomic_write_json
+    from stages import profile as stage
+
+    p = _load(params, set_)
+    try:
+        if analytic:
+            result = stage.analytic(p)
+            if out is not None:
+                atomic_write_json(out, result)
+        else:
+            result = stage.run(p)
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    console.print(
+        {
+            k: result[k]
+            for k in ("visual_tokens", "projector_macs", "llm_macs", "kv_cache_bytes", "params")
+        }
+    )
+
+
 def main() -> None:
     app()
 

@@ -230,10 +230,17 @@ class Eval(Section):
 class Profile(Section):
     """Efficiency profiling (Table 7): a typical prompt and the timing protocol."""
 
-    text_tokens: int = Field(64, ge=0)
+    text_tokens: int = Field(64, ge=0)  # text tokens of a typical prompt, after the visual ones
     decode_tokens: int = Field(32, gt=0)
     repeats: int = Field(5, gt=0)
     warmup: int = Field(1, ge=0)
+    dtype: DType = "bf16"  # of the measured models
+    projectors: list[str] = Field(
+        default_factory=list
+    )  # the comparison; empty: every registered one
+    budgets: list[int] = Field(
+        default_factory=lambda: [144, 64, 36]
+    )  # M of the comparison (mlp keeps N)
 
 
 class BenchScale(Section):

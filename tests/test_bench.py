@@ -77,3 +77,18 @@ def test_nest_round_trips() -> None:
     assert sorted(flatten(nest(rows)), key=lambda r: r["dtype"]) == sorted(
         rows, key=lambda r: r["dtype"]
     )
+
+
+def test_cpu_flash_attention_is_counted() -> None:
+    """SDPA on real CPU tensors dispatches to a kernel torch's counter misses; ours counts it."""
+    q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
+    expected = 2 * 4 * 16 * 16 * 8 * 2  # QKᵀ and attention·V, per batch and head
+    assert (
+        counted_macs(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)) == expected
+    )
+    with torch.device("meta"):
+        qm, km, vm = (torch.randn(2, 4, 16, 8) for _ in range(3))
+        assert (
+            counted_macs(lambda: torch.nn.functional.scaled_dot_product_attention(qm, km, vm))
+            == expected
+        )

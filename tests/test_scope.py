@@ -127,3 +127,13 @@ def test_grid_helpers() -> None:
         resolve_grid(576, (16, 16))
     assert square_budgets((24, 24))[:4] == [576, 144, 64, 36]
     assert region_layout((12, 24), 18) == (3, 6)
+
+
+def test_meta_device_context_does_not_poison_the_cache() -> None:
+    """Counting MACs on meta tensors first must not leave meta tensors in the cache."""
+    with torch.device("meta"):
+        meta = scope_bias_stack((12, 12), 16, (2, 4), "meta")
+        assert meta.device.type == "meta"
+        inner = scope_bias((12, 12), 16, 4)
+    assert inner.device.type == "cpu"
+    assert scope_bias_stack((12, 12), 16, (2, 4)).device.type == "cpu"

@@ -90,9 +90,8 @@ def train_tokenizer(
     )
 
 
-def build_vision(cfg: VisionBuild, image_size: int, patch_size: int) -> tuple[CLIPVisionModel, Any]:
-    """A randomly initialised CLIP vision tower and its image processor (OpenAI CLIP normalisation)."""
-    config = CLIPVisionConfig(
+def vision_config(cfg: VisionBuild, image_size: int, patch_size: int) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers,
@@ -100,6 +99,34 @@ def build_vision(cfg: VisionBuild, image_size: int, patch_size: int) -> tuple[CL
         image_size=image_size,
         patch_size=patch_size,
     )
+
+
+def llm_config(
+    cfg: LLMBuild,
+    vocab_size: int,
+    max_length: int,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=max_length,
+        tie_word_embeddings=True,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+
+
+def build_vision(cfg: VisionBuild, image_size: int, patch_size: int) -> tuple[CLIPVisionModel, Any]:
+    """A randomly initialised CLIP vision tower and its image processor (OpenAI CLIP normalisation)."""
+    config = vision_config(cfg, image_size, patch_size)
     torch.manual_seed(cfg.seed)
     model = CLIPVisionModel(config)
     processor = CLIPImageProcessorPil(
@@ -115,18 +142,13 @@ def build_llm(
     cfg: LLMBuild, tokenizer: PreTrainedTokenizerFast, max_length: int
 ) -> LlamaForCausalLM:
     """A randomly initialised Llama sized by `cfg`, its vocabulary the tokenizer's."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=max_length,
+    config = llm_config(
+        cfg,
+        len(tokenizer),
+        max_length,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
     )
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(config)

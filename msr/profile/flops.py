@@ -1,7 +1,8 @@
 """MAC counting with `torch.utils.flop_counter` (FLOPs / 2), on real or meta tensors.
 
-torch's formula for `convolution_backward` drops `groups` from the weight gradient, so a depthwise
-conv's backward is over-counted ~C-fold; `_conv_backward_flop` replaces it with the exact count.
+Two gaps of torch 2.13's counter are filled here: its `convolution_backward` formula drops `groups`
+from the weight gradient (a depthwise conv's backward is over-counted ~C-fold), and the CPU flash
+attention kernel that SDPA dispatches to on real CPU tensors is not counted at all.
 """
 
 from __future__ import annotations
@@ -10,7 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_flop_count,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 
 def _conv_backward_flop(
@@ -28,7 +34,29 @@ def _conv_backward_flop(
     return forward * (int(output_mask[0]) + int(output_mask[1]))
 
 
-_CUSTOM = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+def _cpu_flash_flop(
+    query_shape: list[int], key_shape: list[int], value_shape: list[int], *args: Any, **kwargs: Any
+) -> int:
+    """QKᵀ and attention·V of `_scaled_dot_product_flash_attention_for_cpu`, as for the other SDPA kernels."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_flash_backward_flop(
+    grad_out_shape: list[int],
+    query_shape: list[int],
+    key_shape: list[int],
+    value_shape: list[int],
+    *args: Any,
+    **kwargs: Any,
+) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+_CUSTOM = {
+    torch.ops.aten.convolution_backward: _conv_backward_flop,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_flop,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward_flop,
+}
 
 
 def counted_macs(fn: Callable[[], object]) -> int:

@@ -40,7 +40,11 @@ def scope_bias_stack(
 def _scope_bias_stack(
     grid: Grid, num_queries: int, kernels: tuple[int, ...], device: torch.device, dtype: torch.dtype
 ) -> Tensor:
-    stack = torch.stack([_scope_bias_cpu(grid, num_queries, k) for k in kernels])  # (E, M, N)
+    stack = torch.stack(
+        [_scope_bias_cpu(grid, num_queries, k) for k in kernels]
+    )  # (E, M, N) on CPU
+    if device.type == "meta":
+        return torch.empty(stack.shape, dtype=dtype, device=device)
     return stack.to(device=device, dtype=dtype)
 
 
@@ -52,11 +56,18 @@ def _scope_bias_cpu(grid: Grid, num_queries: int, kernel: int) -> Tensor:
     mh, mw = region_layout(grid, num_queries)
     sh, sw = h // mh, w // mw
     # Twice the coordinates keeps half-integer anchors exact: 2·y_i = 2·r·s_h + s_h − 1.
-    anchor_y = 2 * torch.arange(mh) * sh + sh - 1  # (m_h,)
-    anchor_x = 2 * torch.arange(mw) * sw + sw - 1  # (m_w,)
+    cpu = torch.device(
+        "cpu"
+    )  # explicit: the cache must never hold a tensor of an ambient device (meta)
+    anchor_y = 2 * torch.arange(mh, device=cpu) * sh + sh - 1  # (m_h,)
+    anchor_x = 2 * torch.arange(mw, device=cpu) * sw + sw - 1  # (m_w,)
     reach = 2 * (kernel // 2)
-    inside_y = (2 * torch.arange(h)[None, :] - anchor_y[:, None]).abs() <= reach  # (m_h, H)
-    inside_x = (2 * torch.arange(w)[None, :] - anchor_x[:, None]).abs() <= reach  # (m_w, W)
+    inside_y = (
+        2 * torch.arange(h, device=cpu)[None, :] - anchor_y[:, None]
+    ).abs() <= reach  # (m_h, H)
+    inside_x = (
+        2 * torch.arange(w, device=cpu)[None, :] - anchor_x[:, None]
+    ).abs() <= reach  # (m_w, W)
     inside = inside_y[:, None, :, None] & inside_x[None, :, None, :]  # (m_h, m_w, H, W)
     bias = inside.reshape(mh * mw, h * w).float() - 1.0  # (M, N): 0 inside, −1 outside
     bias.requires_grad_(False)

@@ -1,0 +1,138 @@
+"""Analytic cost of a configuration, from configs alone: the vision tower, projector and LLM are
+built on the meta device (no weights, no download) and run under torch.utils.flop_counter.
+
+Conventions (DESIGN §3): MACs, not FLOPs. `projector_macs`: what the implementation computes for
+one image. `llm_macs`: the base decoder (no embedding, no LM head) on the visual tokens alone —
+linear layers plus the attention score and value matmuls over the full sequence (no causal
+halving). `kv_cache_bytes`: keys and values of the visual tokens, all layers, 2 bytes per value.
+`vision_macs`: the tower up to the feature layer. Params: the vision tower as it runs (blocks after
+the feature layer dropped), the projector, the whole LLM (embeddings and LM head included).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, CLIPVisionModel, PretrainedConfig, SiglipVisionModel
+
+from msr.config import Params
+from msr.profile.configs import llm_config, vision_config
+from msr.profile.flops import counted_macs
+from msr.projectors import build_projector, projector_class
+
+CONVENTIONS = (
+    "MACs, not FLOPs (FLOPs = 2 × MACs). projector_macs: what the implementation computes for one "
+    "image. llm_macs: the base decoder (no embedding, no LM head) run on the visual tokens alone — "
+    "linear layers plus attention score and value matmuls over the full sequence (no causal halving). "
+    "kv_cache_bytes: keys and values of the visual tokens, all layers, 2 bytes per value. vision_macs: "
+    "the tower up to the feature layer. Params: vision tower as run (blocks after the feature layer "
+    "dropped), projector, whole LLM (embeddings and LM head included)."
+)
+
+
+def kept_layers(vcfg: PretrainedConfig, feature_layer: int) -> int:
+    """Encoder blocks that run to produce hidden_states[feature_layer]."""
+    return feature_layer % (vcfg.num_hidden_layers + 1)
+
+
+def vision_tower(vcfg: PretrainedConfig, feature_layer: int) -> nn.Module:
+    tower = SiglipVisionModel(vcfg) if "siglip" in vcfg.model_type else CLIPVisionModel(vcfg)  # type: ignore[arg-type]
+    encoder = getattr(tower, "vision_model", tower).encoder
+    encoder.layers = encoder.layers[: kept_layers(vcfg, feature_layer)]
+    return tower
+
+
+def head_dim(cfg: PretrainedConfig) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def kv_cache_bytes(cfg: PretrainedConfig, tokens: int, bytes_per_value: int = 2) -> int:
+    """Keys and values of `tokens` positions in every layer."""
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * tokens * kv_heads * head_dim(cfg) * bytes_per_value
+
+
+def llm_macs_formula(cfg: PretrainedConfig, tokens: int) -> int:
+    """Closed form of `llm_macs` for Llama / Qwen2 decoders."""
+    c, L, inter = cfg.hidden_size, tokens, cfg.intermediate_size
+    kv = (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads) * head_dim(cfg)
+    q = cfg.num_attention_heads * head_dim(cfg)
+    per_layer = L * c * q + 2 * L * c * kv + L * q * c + 3 * L * c * inter + 2 * L * L * q
+    return cfg.num_hidden_layers * per_layer
+
+
+def vision_macs_formula(vcfg: PretrainedConfig, feature_layer: int) -> int:
+    """Closed form of `vision_macs` for CLIP towers (CLS + patches)."""
+    d, inter, p = vcfg.hidden_size, vcfg.intermediate_size, vcfg.patch_size
+    n = (vcfg.image_size // p) ** 2
+    seq = n + 1
+    per_layer = 4 * seq * d * d + 2 * seq * d * inter + 2 * seq * seq * d
+    return n * 3 * p * p * d + kept_layers(vcfg, feature_layer) * per_layer
+
+
+def analytic_profile(
+    params: Params,
+    *,
+    projector: str | None = None,
+    num_queries: int | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The cost of (vision tower, projector, LLM) for the active params, or another projector / M."""
+    v, p = params.vision, params.projector
+    name = projector or p.name
+    opts = (
+        options
+        if options is not None
+        else (p.active_options if name == p.name else p.options.get(name, {}))
+    )
+    vcfg, lcfg = vision_config(v), llm_config(params.llm)
+    grid = v.grid
+    n = grid[0] * grid[1]
+    m = n if projector_class(name).keeps_all_tokens else (num_queries or p.num_queries)
+    text = params.profile.text_tokens
+    with torch.device("meta"):
+        tower = vision_tower(vcfg, v.feature_layer)
+        proj = build_projector(
+            name,
+            vision_dim=vcfg.hidden_size,
+            llm_dim=lcfg.hidden_size,
+            num_queries=m,
+            grid=grid,
+            **opts,
+        )
+        llm = AutoModelForCausalLM.from_config(lcfg)
+        pixels = torch.randn(1, 3, v.image_size, v.image_size)
+        features = torch.randn(1, n, proj.input_dim)
+        vision_macs = counted_macs(lambda: tower(pixel_values=pixels))
+        projector_macs = counted_macs(lambda: proj(features))
+        llm_macs = counted_macs(
+            lambda: llm.model(inputs_embeds=torch.randn(1, m, lcfg.hidden_size), use_cache=True)
+        )
+        prompt_macs = counted_macs(
+            lambda: llm.model(
+                inputs_embeds=torch.randn(1, m + text, lcfg.hidden_size), use_cache=True
+            )
+        )
+    return {
+        "projector": name,
+        "num_queries": m,
+        "visual_tokens": m,
+        "vision_macs": vision_macs,
+        "projector_macs": projector_macs,
+        "llm_macs": llm_macs,
+        "total_macs": vision_macs + projector_macs + llm_macs,
+        "kv_cache_bytes": kv_cache_bytes(lcfg, m),
+        "params": {
+            "vision": sum(t.numel() for t in tower.parameters()),
+            "projector": sum(t.numel() for t in proj.parameters()),
+            "llm": sum(t.numel() for t in llm.parameters()),
+        },
+        "prompt": {
+            "text_tokens": text,
+            "tokens": m + text,
+            "llm_macs": prompt_macs,
+            "kv_cache_bytes": kv_cache_bytes(lcfg, m + text),
+        },
+    }

@@ -1,0 +1,65 @@
+"""Stage `profile`: analytic cost of the active configuration and of every projector × budget,
+measured latencies on this device, reports/profile.{json,md} and a bar plot."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from msr.config import Params
+from msr.profile.analytic import CONVENTIONS, analytic_profile
+from msr.profile.measure import measure
+from msr.projectors import PROJECTORS, projector_class
+from msr.report.profile import plot, render
+from msr.utils.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def analytic(params: Params) -> dict[str, Any]:
+    """The DESIGN §3 keys for the active params, plus vision MACs and a typical prompt."""
+    return {**analytic_profile(params), "conventions": CONVENTIONS}
+
+
+def run(params: Params) -> dict[str, Any]:
+    active = analytic_profile(params)
+    rows, not_run = [], []
+    n = params.vision.grid[0] * params.vision.grid[1]
+    for name in params.profile.projectors or sorted(PROJECTORS):
+        budgets = [n] if projector_class(name).keeps_all_tokens else params.profile.budgets
+        opts = params.projector.options.get(name, {})
+        for m in budgets:
+            try:
+                rows.append((analytic_profile(params, projector=name, num_queries=m), opts))
+            except ValueError as err:
+                not_run.append(f"{name} at M={m}: {err}")
+    configs = [(c["projector"], c["num_queries"], o) for c, o in rows]
+    configs.append((active["projector"], active["num_queries"], params.projector.active_options))
+    measured = measure(params, configs)
+    result: dict[str, Any] = {
+        **{
+            k: active[k]
+            for k in (
+                "visual_tokens",
+                "projector_macs",
+                "llm_macs",
+                "vision_macs",
+                "total_macs",
+                "kv_cache_bytes",
+                "params",
+            )
+        },
+        "conventions": CONVENTIONS,
+        "active": active,
+        "comparison": [c for c, _ in rows],
+        "measured": measured,
+        "not_run": not_run,
+    }
+    reports = Path(params.paths.reports)
+    if result["comparison"]:
+        plot(result, reports / "plots" / "profile.png")
+        result["plot"] = "plots/profile.png"
+    atomic_write_json(reports / "profile.json", result)
+    atomic_write_text(reports / "profile.md", render(result))
+    return result
