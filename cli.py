@@ -423,6 +423,14 @@ def profile(
     )
 
 
+@app.command()
+def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Summarise the run (training, evaluation, efficiency, benchmark) in reports/summary.md."""
+    from stages import report as stage
+
+    sys.stdout.write(stage.run(_load(params, set_)))
+
+
 def main() -> None:
     app()
 

@@ -22,7 +22,19 @@ runner = CliRunner()
 def test_help_lists_every_command() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("preset", "projectors"):
+    for command in (
+        "preset",
+        "projectors",
+        "synth",
+        "models",
+        "features",
+        "pretrain",
+        "finetune",
+        "eval",
+        "predict",
+        "profile",
+        "report",
+    ):
         assert command in result.output
 
 
@@ -116,3 +128,20 @@ def test_bad_override_exits_with_the_key(tmp_path: Path) -> None:
 def test_missing_params_file(args: list[str]) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_report_summarises_what_exists(tmp_path: Path) -> None:
+    raw = yaml.safe_load(preset_path("tiny").read_text())
+    raw["paths"]["reports"] = str(tmp_path)
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "metrics.json").write_text(json.dumps({"steps": 3, "samples": 48, "first_loss": 6.5,
+                                                                    "last_loss": 6.1, "seconds": 2.0}))  # fmt: skip
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["report", "--params", str(params)])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "summary.md").read_text()
+    assert (
+        "pretrain: 3 steps, 48 samples, loss 6.500 → 6.100" in text
+        and "`ms_resampler` (M = 36" in text
+    )

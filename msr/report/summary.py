@@ -1,0 +1,53 @@
+"""`reports/summary.md`: the run on one page — configuration, training, evaluation headline,
+efficiency of the active projector and the projector benchmark targets — from the stages' json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from msr.config import Params
+from msr.report.markdown import num, si
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def summary(params: Params) -> str:
+    r = Path(params.paths.reports)
+    p = params.projector
+    lines = [
+        "# Run summary",
+        "",
+        f"Vision `{params.vision.model}` (layer {params.vision.feature_layer}, {params.vision.select}) → "
+        f"projector `{p.name}` (M = {p.num_queries}, options {p.active_options}) → LLM `{params.llm.model}` "
+        f"(template `{params.llm.template}`).",
+        "",
+    ]
+    for stage in ("pretrain", "finetune"):
+        m = _load(r / stage / "metrics.json")
+        if m:
+            lines.append(f"- {stage}: {m.get('steps')} steps, {m.get('samples')} samples, loss "
+                         f"{num(m.get('first_loss'), 3)} → {num(m.get('last_loss'), 3)}, {num(m.get('seconds'), 0)} s")  # fmt: skip
+    ev = _load(r / "eval.json")
+    if ev:
+        heads = ", ".join(f"{k} {num(v, 1)}" for k, v in ev["headline"].items() if v is not None)
+        lines.append(f"- evaluation: {heads}; Avg. {num(ev.get('avg'), 1)} (details: eval.md)")
+    prof = _load(r / "profile.json")
+    if prof:
+        lines.append(f"- efficiency: {prof['visual_tokens']} visual tokens, projector {si(prof['projector_macs'])}MACs, "
+                     f"LLM {si(prof['llm_macs'])}MACs, KV cache {si(prof['kv_cache_bytes'], 'B')} (details: profile.md)")  # fmt: skip
+    bench = _load(r / "projectors_bench.json")
+    if bench and bench.get("targets"):
+        t = bench["targets"]
+        speed = ", ".join(
+            f"{dt} {v['speedup']:.2f}×"
+            for dt, v in t.get("speedup_vs_textbook_fwd_bwd", {}).items()
+        )
+        lines.append(
+            f"- MS-Resampler forward+backward vs the textbook loop: {speed} (details: projectors_bench.md)"
+        )
+    lines.append("")
+    return "\n".join(lines)
