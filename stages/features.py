@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from msr.config import Params
@@ -15,26 +16,9 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def run(
-    params: Params,
-    *,
-    rank: int | None = None,
-    world_size: int | None = None,
-    workers: int | None = None,
-    verify: bool = False,
-    progress: Progress | None = None,
-    on_plan: object = None,
-) -> FeatureReport:
-    """Encode this rank's shards. Under a launcher (RANK/WORLD_SIZE set) every rank encodes its part,
-    waits for the others, and rank 0 writes the manifest; with an explicit --rank, run
-    `msr features --merge-only` once all ranks are done."""
-    env_rank, env_world = distributed_rank()
-    if workers is None:  # on a few cores the encoder needs them all; decoding runs in between
-        workers = max(0, min(8, (os.cpu_count() or 1) - 2))
-    explicit = rank is not None
-    rank = rank if rank is not None else env_rank
-    world = world_size if world_size is not None else env_world
-    v, d = params.vision, params.data
+def tower_of(params: Params) -> VisionTower:
+    """The frozen tower the params describe; its grid must be the params' grid."""
+    v = params.vision
     tower = VisionTower(
         v.model,
         revision=v.revision,
@@ -47,61 +31,81 @@ def run(
         raise ValueError(
             f"vision tower grid {tower.grid} != params grid {v.grid} (image_size/patch_size)"
         )
-    sources = [
+    return tower
+
+
+def sources_of(params: Params) -> list[Source]:
+    d = params.data
+    return [
         Source("pretrain", Path(d.pretrain_json), Path(d.pretrain_images)),
         Source("instruct", Path(d.instruct_json), Path(d.instruct_images)),
     ]
-    launched = world > 1 and not explicit
-    report = encode_features(
-        sources,
-        Path(params.paths.features),
+
+
+def run(
+    params: Params,
+    *,
+    rank: int | None = None,
+    world_size: int | None = None,
+    workers: int | None = None,
+    verify: bool = False,
+    progress: Progress | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> FeatureReport:
+    """Encode this rank's shards. Under a launcher (RANK/WORLD_SIZE set) every rank encodes its part,
+    waits for the others, and rank 0 writes the manifest; with an explicit --rank, run
+    `msr features --merge-only` once all ranks are done."""
+    env_rank, env_world = distributed_rank()
+    if workers is None:  # on a few cores the encoder needs them all; decoding runs in between
+        workers = max(0, min(8, (os.cpu_count() or 1) - 2))
+    explicit = rank is not None
+    rank = rank if rank is not None else env_rank
+    world = world_size if world_size is not None else env_world
+    tower, sources = tower_of(params), sources_of(params)
+    report = _encode(
+        params,
         tower,
-        shard_mb=d.shard_mb,
-        batch_size=d.encode_batch,
-        strict=d.strict,
+        sources,
         rank=rank,
         world_size=world,
         workers=workers,
         verify=verify,
         merge=world == 1,
         progress=progress,
-        on_plan=on_plan,  # type: ignore[arg-type]
+        on_plan=on_plan,
     )
-    if launched:
-        _barrier_then_merge(params, tower, sources, rank)
+    if world > 1 and not explicit:  # launched: wait for every rank, then rank 0 merges
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
+        if rank == 0:
+            _encode(params, tower, sources, encode=False)
+        dist.barrier()
     return report
 
 
-def _barrier_then_merge(
-    params: Params, tower: VisionTower, sources: list[Source], rank: int
-) -> None:
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    dist.barrier()
-    if rank == 0:
-        merge_only(params, tower=tower, sources=sources)
-    dist.barrier()
-
-
-def merge_only(
-    params: Params, tower: VisionTower | None = None, sources: list[Source] | None = None
-) -> FeatureReport:
+def merge_only(params: Params) -> FeatureReport:
     """Write manifest.parquet and skips.json from the fragments of every planned shard."""
-    v, d = params.vision, params.data
-    tower = tower or VisionTower(
-        v.model,
-        revision=v.revision,
-        feature_layer=v.feature_layer,
-        select=v.select,
-        aspect=v.aspect,
-        dtype=v.dtype,
-    )
-    sources = sources or [
-        Source("pretrain", Path(d.pretrain_json), Path(d.pretrain_images)),
-        Source("instruct", Path(d.instruct_json), Path(d.instruct_images)),
-    ]
+    return _encode(params, tower_of(params), sources_of(params), encode=False)
+
+
+def _encode(
+    params: Params,
+    tower: VisionTower,
+    sources: list[Source],
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 0,
+    verify: bool = False,
+    encode: bool = True,
+    merge: bool = True,
+    progress: Progress | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> FeatureReport:
+    d = params.data
     return encode_features(
         sources,
         Path(params.paths.features),
@@ -109,9 +113,12 @@ def merge_only(
         shard_mb=d.shard_mb,
         batch_size=d.encode_batch,
         strict=d.strict,
-        rank=0,
-        world_size=1,
-        workers=0,
-        encode=False,
-        merge=True,
+        rank=rank,
+        world_size=world_size,
+        workers=workers,
+        verify=verify,
+        encode=encode,
+        merge=merge,
+        progress=progress,
+        on_plan=on_plan,
     )
