@@ -8,6 +8,7 @@ full prompt, generation arguments), so a rerun or an added benchmark generates o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import torch
 from msr.data.templates import prompt as build_prompt
 from msr.data.templates import stop_strings
 from msr.data.tokenize import IMAGE_TOKEN_INDEX, tokenize_with_image
-from msr.eval.benchmarks.base import Question
+from msr.eval.benchmarks.base import ImageRef, Question
 from msr.models.load import LoadedModel
 from msr.models.preprocess import preprocess
 
@@ -32,6 +33,12 @@ Progress = Callable[[int], None]
 class GenerationArgs:
     max_new_tokens: int = 128
     do_sample: bool = False  # greedy, LLaVA's --temperature 0
+
+
+@functools.lru_cache(maxsize=65536)
+def _digest(image: ImageRef) -> str:
+    """An image's content hash, once per image (POPE and MME ask several questions per image)."""
+    return image.digest()
 
 
 class ResponseCache:
@@ -78,7 +85,7 @@ class Generator:
         return build_prompt(q.text, self.m.template, has_image=q.image is not None)
 
     def key(self, q: Question) -> str:
-        image = q.image.digest() if q.image is not None else ""
+        image = _digest(q.image) if q.image is not None else ""
         blob = json.dumps([self.m.fingerprint, image, self.prompt(q), asdict(self.args)])
         return hashlib.sha256(blob.encode()).hexdigest()
 
