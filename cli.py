@@ -171,7 +171,17 @@ def features(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Image decoding worker processes (default: cores − 2, at least 0)."),
+        typer.Option(
+            help="Image decoding worker processes (default: min(8, cores − 2) on a GPU, 0 on a CPU)."
+        ),
+    ] = None,
+    streams: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Batches encoded at once, each on its share of the threads "
+            "(default: one per core on a CPU, 1 on a GPU).",
+        ),
     ] = None,
     verify: Annotated[
         bool, typer.Option("--verify", help="Check every finished shard's sha256.")
@@ -223,6 +233,7 @@ def features(
                     rank=rank,
                     world_size=world_size,
                     workers=workers,
+                    streams=streams,
                     verify=verify,
                     progress=advance,
                     on_plan=on_plan,

@@ -6,8 +6,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from msr.config import Params
 from msr.data.features import FeatureReport, Progress, Source, encode_features
+from msr.data.streams import default_streams
 from msr.models.vision import VisionTower
 
 
@@ -16,7 +19,14 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def tower_of(params: Params) -> VisionTower:
+def encode_device() -> torch.device:
+    """This process's GPU (LOCAL_RANK) when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def tower_of(params: Params, device: torch.device | str = "cpu") -> VisionTower:
     """The frozen tower the params describe; its grid must be the params' grid."""
     v = params.vision
     tower = VisionTower(
@@ -26,6 +36,7 @@ def tower_of(params: Params) -> VisionTower:
         select=v.select,
         aspect=v.aspect,
         dtype=v.dtype,
+        device=device,
     )
     if tower.grid != v.grid:
         raise ValueError(
@@ -48,20 +59,27 @@ def run(
     rank: int | None = None,
     world_size: int | None = None,
     workers: int | None = None,
+    streams: int | None = None,
     verify: bool = False,
     progress: Progress | None = None,
     on_plan: Callable[[int], None] | None = None,
 ) -> FeatureReport:
     """Encode this rank's shards. Under a launcher (RANK/WORLD_SIZE set) every rank encodes its part,
     waits for the others, and rank 0 writes the manifest; with an explicit --rank, run
-    `msr features --merge-only` once all ranks are done."""
+    `msr features --merge-only` once all ranks are done.
+
+    Defaults: on a GPU one stream fed by min(8, cores − 2) decoding processes; on a CPU one
+    stream per core, each decoding its own batches (no decoding processes)."""
     env_rank, env_world = distributed_rank()
-    if workers is None:  # on a few cores the encoder needs them all; decoding runs in between
-        workers = max(0, min(8, (os.cpu_count() or 1) - 2))
+    device = encode_device()
+    if workers is None:
+        workers = max(0, min(8, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0
+    if streams is None:
+        streams = default_streams(device)
     explicit = rank is not None
     rank = rank if rank is not None else env_rank
     world = world_size if world_size is not None else env_world
-    tower, sources = tower_of(params), sources_of(params)
+    tower, sources = tower_of(params, device), sources_of(params)
     report = _encode(
         params,
         tower,
@@ -69,6 +87,7 @@ def run(
         rank=rank,
         world_size=world,
         workers=workers,
+        streams=streams,
         verify=verify,
         merge=world == 1,
         progress=progress,
@@ -99,6 +118,7 @@ def _encode(
     rank: int = 0,
     world_size: int = 1,
     workers: int = 0,
+    streams: int = 1,
     verify: bool = False,
     encode: bool = True,
     merge: bool = True,
@@ -116,6 +136,7 @@ def _encode(
         rank=rank,
         world_size=world_size,
         workers=workers,
+        streams=streams,
         verify=verify,
         encode=encode,
         merge=merge,

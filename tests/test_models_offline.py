@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from msr.config import Params
 from msr.data.templates import prompt, render
-from msr.models.preprocess import ImageSpec, expand_to_square, preprocess
-from msr.models.vision import VisionTower
+from msr.models.preprocess import ImageSpec, expand_to_square, normalize, preprocess
+from msr.models.vision import VisionTower, fold_normalization
 
 
 @pytest.fixture(autouse=True)
@@ -50,19 +50,51 @@ def test_chat_template_matches_msr_templates(tiny_workspace: Params) -> None:
 
 def test_vision_tower_loads_and_drops_unused_blocks(tiny_workspace: Params) -> None:
     tower = VisionTower(tiny_workspace.vision.model, feature_layer=-2, dtype="fp32")
-    full = VisionTower(tiny_workspace.vision.model, feature_layer=-1, dtype="fp32")
-    x = torch.randn(2, 3, 336, 336)
+    x = torch.randint(
+        0, 256, (2, 3, 336, 336), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     assert tower(x).shape == (2, 576, 64) and tower.grid == (24, 24)
-    out = full.tower(pixel_values=x, output_hidden_states=True)
-    torch.testing.assert_close(
-        tower(x), out.hidden_states[-2][:, 1:]
-    )  # same as HF's layer −2, CLS dropped
+    hf = CLIPVisionModel.from_pretrained(tiny_workspace.vision.model, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = hf(pixel_values=normalize(x, tower.spec), output_hidden_states=True)
+    # HF's layer −2 on HF-normalised pixels, CLS dropped; the tower folds the normalisation in
+    torch.testing.assert_close(tower(x), out.hidden_states[-2][:, 1:], rtol=1e-4, atol=1e-4)
     assert len(tower.tower.encoder.layers) == tiny_workspace.vision.build.num_layers - 1  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="uint8 images"):
+        tower(normalize(x, tower.spec))  # already-normalised floats would be normalised twice
     assert VisionTower(tiny_workspace.vision.model, select="cls_patch", dtype="fp32")(x).shape == (
         2,
         577,
         64,
     )
+
+
+def test_folded_normalisation_equals_normalise_then_conv() -> None:
+    """With a bias (SigLIP's patch embedding has one) and another mean/std; padding is refused."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 14, stride=14, bias=True).double()
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    x = torch.randint(0, 256, (2, 3, 28, 42)).double()
+    expected = conv(
+        (x / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    )
+    fold_normalization(conv, mean, std)
+    torch.testing.assert_close(conv(x), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="no padding"):
+        fold_normalization(torch.nn.Conv2d(3, 8, 3, padding=1), mean, std)
+
+
+def test_bf16_tower_is_close_to_hf(tiny_workspace: Params) -> None:
+    tower = VisionTower(tiny_workspace.vision.model, dtype="bf16")
+    hf = CLIPVisionModel.from_pretrained(tiny_workspace.vision.model, dtype=torch.float32).eval()
+    x = torch.stack([torch.full((3, 336, 336), v, dtype=torch.uint8) for v in (0, 77, 200, 255)])
+    x[:, 0, 100:200, 50:150] = 255 - x[:, 0, 100:200, 50:150]
+    with torch.no_grad():
+        ref = hf(pixel_values=normalize(x, tower.spec), output_hidden_states=True).hidden_states[
+            -2
+        ][:, 1:]
+    err = (tower(x).float() - ref).norm() / ref.norm()
+    assert err < 2e-2  # bf16 rounding, not a different function
 
 
 def test_fingerprint_changes_with_what_changes_features(tiny_workspace: Params) -> None:

@@ -2,8 +2,10 @@
 
 Per split (pretrain, instruct): read and validate the LLaVA json, group records by image, plan shards
 (`shards.py`), then encode the shards this rank owns (index % world_size == rank) that are not done.
-Images are decoded and prepared (uint8) in a DataLoader worker while the tower runs; features are
-stored fp16 (N×d) with the image's records as json. Each finished tar is renamed into place, then
+Batches are encoded by a few streams at once (threads; on a CPU one stream per core beats one
+multi-threaded stream), each decoding its own images (uint8) while another runs the tower, or by one
+stream fed by DataLoader decoding workers (accelerators); features are stored fp16 (N×d) with the
+image's records as json, and each shard's sha256 is taken as it is written. Each finished tar is renamed into place, then
 its manifest fragment is written, so an interrupted run redoes only the shard it was writing and a
 rerun with the same encoder writes nothing.
 """
@@ -19,11 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from msr.data.llava import DataError, Skip, read_llava_json
+from msr.data.streams import ordered_map
+from msr.data.tar_writer import ShardWriter
 from msr.data.shards import (
     Item,
     ShardPlan,
@@ -34,9 +37,9 @@ from msr.data.shards import (
     shard_state,
     write_fragment,
 )
-from msr.models.preprocess import ImageSpec, normalize, prepare
+from msr.models.preprocess import ImageSpec, prepare
 from msr.models.vision import VisionTower
-from msr.utils.io import atomic_write, atomic_write_json
+from msr.utils.io import atomic_file, atomic_write_json
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
@@ -58,7 +61,9 @@ class FeatureReport:
     shards_total: int = 0
     bytes_written: int = 0
     seconds: float = 0.0  # wall time of encoding (planning and merging excluded)
-    encoder_seconds: float = 0.0  # of which in the tower's forward
+    encoder_seconds: float = 0.0  # time in the tower's forward, summed over streams
+    decode_seconds: float = 0.0  # time decoding and preparing images, summed over streams
+    streams: int = 1
 
     def summary(self) -> str:
         if not self.shards_written and not self.skipped:
@@ -125,7 +130,8 @@ def encode_features(
     strict: bool = False,
     rank: int = 0,
     world_size: int = 1,
-    workers: int = 1,
+    workers: int = 0,
+    streams: int = 1,
     verify: bool = False,
     encode: bool = True,
     merge: bool = True,
@@ -142,12 +148,13 @@ def encode_features(
         for tmp in out.glob(f".{p.name}.*.tmp"):
             tmp.unlink()
     todo = [p for p in mine if shard_state(out, p, verify) == "todo"]
-    report = FeatureReport(shards_total=len(plans), skipped=list(reader_skips))
+    report = FeatureReport(shards_total=len(plans), skipped=list(reader_skips), streams=streams)
     if on_plan is not None:
         on_plan(sum(1 for p in todo for it in p.items if it.image is not None))
     start = time.perf_counter()
     if todo and encode:
-        _encode(todo, out, tower, roots, batch_size, workers, strict, fingerprint["id"], report, progress)
+        _encode(todo, out, tower, roots, batch_size, workers, streams, strict, fingerprint["id"],
+                report, progress)
     report.seconds = time.perf_counter() - start
     if merge:
         table = merge_manifest(out, plans, fingerprint)
@@ -168,70 +175,100 @@ def _encode(
     roots: dict[str, Path],
     batch_size: int,
     workers: int,
+    streams: int,
     strict: bool,
     encoder_id: str,
     report: FeatureReport,
     progress: Progress | None,
 ) -> None:
     image_items = [(it, roots[it.split]) for p in todo for it in p.items if it.image is not None]
-    loader = DataLoader(
-        _Images(image_items, tower.spec),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        prefetch_factor=4 if workers else None,
+    features = _feature_stream(
+        image_items, tower, batch_size, workers, streams, strict, progress, report
     )
-    features = _feature_stream(loader, tower, image_items, strict, progress, report)
     for plan in todo:
-        rows: list[dict[str, Any]] = []
         tar = out / f"{plan.name}.tar"
-
-        def write(f: Any, plan: ShardPlan = plan, rows: list[dict[str, Any]] = rows) -> None:
-            with wds.TarWriter(f, mtime=0.0) as sink:  # fixed mtime: same content, same bytes
-                for item in plan.items:
-                    row = {"key": item.key, "shard": f"{plan.name}.tar", "split": item.split,
-                           "image": item.image, "image_id": Path(item.image).stem if item.image else None,
-                           "source": item.source, "record_ids": [r.id for r in item.records],
-                           "has_features": False, "status": "ok", "reason": None, "encoder": encoder_id}
-                    sample: dict[str, Any] = {"__key__": item.key, "json": item.meta()}
-                    if item.image is not None:
-                        key, feats, reason = next(features)
-                        assert key == item.key, f"feature stream out of order: {key} != {item.key}"
-                        if feats is None:
-                            rows.append({**row, "status": "skipped", "reason": reason})
-                            continue
-                        sample["npy"] = feats
-                        row["has_features"] = True
-                        report.images += 1
-                    else:
-                        report.text_only += 1
-                    sink.write(sample)
-                    rows.append(row)
-
-        atomic_write(tar, write)
-        write_fragment(out, plan, rows, tar)
+        with atomic_file(tar) as f, ShardWriter(f) as sink:
+            rows = _write_shard(sink, plan, features, encoder_id, report)
+        write_fragment(out, plan, rows, sink.size, sink.hexdigest())
         report.shards_written += 1
-        report.bytes_written += tar.stat().st_size
+        report.bytes_written += sink.size
+
+
+def _write_shard(
+    sink: ShardWriter,
+    plan: ShardPlan,
+    features: Iterator[tuple[str, np.ndarray | None, str | None]],
+    encoder_id: str,
+    report: FeatureReport,
+) -> list[dict[str, Any]]:
+    """Write the plan's samples (features drawn from the stream, in order); its manifest rows."""
+    rows: list[dict[str, Any]] = []
+    for item in plan.items:
+        row = {"key": item.key, "shard": f"{plan.name}.tar", "split": item.split,
+               "image": item.image, "image_id": Path(item.image).stem if item.image else None,
+               "source": item.source, "record_ids": [r.id for r in item.records],
+               "has_features": False, "status": "ok", "reason": None, "encoder": encoder_id}
+        feats = None
+        if item.image is not None:
+            key, feats, reason = next(features)
+            assert key == item.key, f"feature stream out of order: {key} != {item.key}"
+            if feats is None:
+                rows.append({**row, "status": "skipped", "reason": reason})
+                continue
+            row["has_features"] = True
+            report.images += 1
+        else:
+            report.text_only += 1
+        sink.write(item.key, item.meta(), feats)
+        rows.append(row)
+    return rows
+
+
+Batch = list[tuple[int, torch.Tensor | None, str | None]]
 
 
 def _feature_stream(
-    loader: DataLoader[Any],
-    tower: VisionTower,
     items: Sequence[tuple[Item, Path]],
+    tower: VisionTower,
+    batch_size: int,
+    workers: int,
+    streams: int,
     strict: bool,
     progress: Progress | None,
     report: FeatureReport,
 ) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
-    """(key, fp16 features (N, d) or None, skip reason) in item order."""
-    for batch in loader:
+    """(key, fp16 features (N, d) or None, skip reason) in item order.
+
+    Batches are encoded by `streams` threads (`streams.py`); images are decoded by `workers`
+    processes ahead of them, or, with none, by the stream that encodes the batch, so one
+    stream's decoding overlaps another's forward."""
+    images = _Images(items, tower.spec)
+    n = len(items)
+    spans = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    jobs: Iterator[Any]
+    if workers:
+        loader = DataLoader(
+            images, batch_sampler=spans, num_workers=workers, collate_fn=_collate, prefetch_factor=4
+        )
+        jobs = iter(loader)
+    else:
+        jobs = iter(spans)
+
+    def encode(job: Any) -> tuple[Batch, dict[int, np.ndarray], float, float]:
+        start = time.perf_counter()
+        batch: Batch = job if workers else [images[i] for i in job]
         ok = [(i, x) for i, x, _ in batch if x is not None]
-        feats: dict[int, np.ndarray] = {}
-        if ok:
-            pixels = normalize(torch.stack([x for _, x in ok]), tower.spec, tower.dtype)
-            start = time.perf_counter()
-            encoded = tower(pixels).to(torch.float16).cpu().numpy()  # (b, N, d)
-            report.encoder_seconds += time.perf_counter() - start
-            feats = {i: encoded[j] for j, (i, _) in enumerate(ok)}
+        if not ok:
+            return batch, {}, time.perf_counter() - start, 0.0
+        pixels = torch.stack([x for _, x in ok])  # uint8 (b, 3, S, S)
+        decoded = time.perf_counter()
+        encoded = tower(pixels).to(torch.float16).cpu().numpy()  # (b, N, d)
+        done = time.perf_counter()
+        return batch, {i: encoded[j] for j, (i, _) in enumerate(ok)}, decoded - start, done - decoded
+
+    for batch, feats, decode_s, encode_s in ordered_map(encode, jobs, streams):
+        report.decode_seconds += decode_s
+        report.encoder_seconds += encode_s
         for i, _, reason in batch:
             key = items[i][0].key
             if reason is not None and strict:

@@ -130,10 +130,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_fragment(out: Path, plan: ShardPlan, rows: list[dict[str, Any]], tar: Path) -> None:
+def write_fragment(
+    out: Path, plan: ShardPlan, rows: list[dict[str, Any]], tar_size: int, tar_sha256: str
+) -> None:
     """Record a finished shard: its manifest rows plus the tar's size and checksum."""
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    meta = {"plan": plan.digest, "tar_size": str(tar.stat().st_size), "tar_sha256": sha256_file(tar)}
+    meta = {"plan": plan.digest, "tar_size": str(tar_size), "tar_sha256": tar_sha256}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k: v.encode() for k, v in meta.items()}})
     atomic_write(out / f"{plan.name}.parquet", lambda f: pq.write_table(table, f))
 

@@ -23,7 +23,7 @@ from msr.data.templates import stop_strings
 from msr.data.tokenize import IMAGE_TOKEN_INDEX, tokenize_with_image
 from msr.eval.benchmarks.base import ImageRef, Question
 from msr.models.load import LoadedModel
-from msr.models.preprocess import preprocess
+from msr.models.preprocess import prepare
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
@@ -140,7 +140,7 @@ class Generator:
         features = None
         if images:
             assert model.vision is not None
-            pixels = preprocess(images, model.vision.spec, model.vision.dtype).to(device)
+            pixels = torch.stack([prepare(im, model.vision.spec) for im in images])  # uint8
             features = model.encode_images(pixels)  # (I, N, d)
         new = model.generate(
             input_ids.to(device),

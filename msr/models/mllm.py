@@ -40,7 +40,7 @@ class MLLM(nn.Module):
         return self.projector(features.to(param.dtype))
 
     def encode_images(self, pixels: Tensor) -> Tensor:
-        """(I, 3, S, S) normalised pixels -> (I, N, d) features, with the live tower."""
+        """uint8 images (I, 3, S, S) -> (I, N, d) features, with the live tower."""
         if self.vision is None:
             raise ValueError(
                 "this model has no vision tower: pass cached features, or load it with one"

@@ -3,7 +3,8 @@
 Per image (`prepare`): RGB → pad to a square filled with int(255·mean) (`image_aspect_ratio=pad`) →
 resize the shortest edge to S (bicubic) → centre crop S×S; the result stays uint8. Per batch
 (`normalize`): ×1/255, (x − mean)/std. Together they equal the HF CLIP image processor's output
-(tested), at a fraction of its cost, so decoding can overlap the encoder.
+(tested), at a fraction of its cost. msr's `VisionTower` takes the uint8 batch and does the
+normalisation inside its patch embedding; `normalize`/`preprocess` give HF's float input.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 Features are `hidden_states[feature_layer]` (−2: the penultimate block, before post-LN, as LLaVA);
 `patch` drops CLIP's CLS token, `cls_patch` keeps it. Encoder blocks after the chosen layer are
-removed at load, so they cost nothing. `fingerprint()` identifies exactly what produced a feature.
+removed at load, so they cost nothing. The tower takes uint8 images as `prepare` makes them: the
+processor's normalisation is folded into the patch embedding at load, which saves a float pass over
+every image (conv((x/255 − μ)/σ) = conv with W/(255σ) and bias Σ W·(−μ/σ); exact in real arithmetic,
+within rounding of HF's float path — tested). `fingerprint()` identifies what produced a feature.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class VisionTower(nn.Module):
         select: str = "patch",
         aspect: str = "pad",
         dtype: str = "bf16",
+        device: str | torch.device = "cpu",
     ) -> None:
         super().__init__()
         config = AutoConfig.from_pretrained(model, revision=revision)
@@ -53,7 +57,7 @@ class VisionTower(nn.Module):
         self.tower = _TOWERS[kind].from_pretrained(
             model, revision=revision or "main", dtype=DTYPES[dtype]
         )
-        self.tower.requires_grad_(False).eval()
+        self.tower.requires_grad_(False).eval().to(device)
         vcfg = self.tower.config
         depth = vcfg.num_hidden_layers
         if not -(depth + 1) <= feature_layer <= depth:
@@ -77,10 +81,16 @@ class VisionTower(nn.Module):
                 f"{model}: processor size {self.spec.size} != tower image_size {self.image_size}"
             )
         self._commit = getattr(config, "_commit_hash", None)
+        embeddings = getattr(self.tower, "vision_model", self.tower).embeddings
+        fold_normalization(embeddings.patch_embedding, self.spec.mean, self.spec.std)
 
     @property
     def dtype(self) -> torch.dtype:
         return DTYPES[self.dtype_name]
+
+    @property
+    def device(self) -> torch.device:
+        return self.tower.device
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -95,8 +105,14 @@ class VisionTower(nn.Module):
 
     @torch.no_grad()
     def forward(self, pixels: Tensor) -> Tensor:
-        """(B, 3, S, S) -> (B, N, d)"""
-        out = self.tower(pixel_values=pixels.to(self.dtype), output_hidden_states=True)
+        """uint8 images (B, 3, S, S) -> features (B, N, d), on the tower's device."""
+        if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] != 3:
+            raise ValueError(
+                f"the vision tower takes uint8 images (B, 3, S, S) as msr.models.preprocess.prepare "
+                f"makes them (it normalises them itself); got {pixels.dtype} {tuple(pixels.shape)}"
+            )
+        pixels = pixels.to(self.device).to(self.dtype)  # 0..255 are exact in bf16, fp16 and fp32
+        out = self.tower(pixel_values=pixels, output_hidden_states=True)
         features = out.hidden_states[self.keep]  # (B, 1 + N, d) for CLIP, (B, N, d) for SigLIP
         if self.has_cls and self.select == "patch":
             features = features[:, 1:]
@@ -134,7 +150,8 @@ def encoder_fingerprint(
         "layer": layer,
         "select": select,
         "resolution": resolution,
-        "preprocessing": f"{aspect}+clip-normalize mean={list(spec.mean)} std={list(spec.std)}",
+        "preprocessing": f"{aspect}+clip-normalize mean={list(spec.mean)} std={list(spec.std)}"
+        " (folded into the patch embedding)",
         "dtype": dtype,
     }
     fp["id"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
@@ -154,6 +171,29 @@ def describe_encoder(
         model, commit, feature_layer, select, aspect, dtype, int(vcfg.image_size), spec
     )
     return fp, int(vcfg.hidden_size)
+
+
+@torch.no_grad()
+def fold_normalization(
+    conv: nn.Conv2d, mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> None:
+    """Make `conv` take 0..255 pixels in place of (x/255 − mean)/std: its weights are scaled by
+    1/(255·std) per input channel and it gains the bias Σ W·(−mean/std) (exact with no padding,
+    where every output sees the whole kernel). Computed in fp64, stored in the conv's dtype."""
+    if conv.padding not in ((0, 0), 0, "valid") or conv.in_channels != 3:
+        raise ValueError(
+            f"cannot fold normalisation into {conv}: it needs 3 input channels and no padding"
+        )
+    w = conv.weight.double()  # (d, 3, p, p)
+    scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float64, device=w.device))
+    shift = -torch.tensor(mean, dtype=torch.float64, device=w.device) / torch.tensor(
+        std, dtype=torch.float64, device=w.device
+    )
+    bias = (w * shift.view(1, 3, 1, 1)).sum((1, 2, 3))  # (d,)
+    if conv.bias is not None:
+        bias += conv.bias.double()
+    conv.weight.copy_(w * scale.view(1, 3, 1, 1))
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
 
 
 def weights_hash(model: str) -> str | None:

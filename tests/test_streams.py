@@ -1,0 +1,45 @@
+"""Parallel streams keep job order, hand their errors on, and run with their share of threads."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from msr.data.streams import ordered_map
+
+
+def test_results_come_in_job_order() -> None:
+    def slow_first(i: int) -> int:
+        time.sleep(0.02 if i % 3 == 0 else 0.0)  # later jobs finish first
+        return i * i
+
+    assert list(ordered_map(slow_first, range(20), 3)) == [i * i for i in range(20)]
+    assert list(ordered_map(slow_first, range(5), 1)) == [i * i for i in range(5)]
+
+
+def test_an_error_in_a_stream_reaches_the_caller() -> None:
+    def fail_at_4(i: int) -> int:
+        if i == 4:
+            raise ValueError(f"job {i} failed")
+        return i
+
+    out = []
+    with pytest.raises(ValueError, match="job 4 failed"):
+        for x in ordered_map(fail_at_4, range(10), 2):
+            out.append(x)
+    assert out == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="streams=0"):
+        list(ordered_map(fail_at_4, range(3), 0))
+
+
+def test_each_stream_gets_its_share_of_threads() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        seen = list(ordered_map(lambda _: torch.get_num_threads(), range(4), 2))
+        assert seen == [2, 2, 2, 2]
+        assert torch.get_num_threads() == 4  # the caller's count is left as it was
+    finally:
+        torch.set_num_threads(before)
