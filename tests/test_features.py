@@ -265,14 +265,17 @@ def test_two_processes_write_disjoint_shards(tiny_workspace: Params, tmp_path: P
     assert len(keys) == d.pretrain_images + d.instruct_images + d.text_only
 
 
-def test_two_streams_write_what_one_writes(tiny_workspace: Params, tmp_path: Path) -> None:
-    one, two = (
+@pytest.mark.parametrize(("workers", "streams"), [(0, 2), (1, 1)])
+def test_streams_and_decoding_workers_write_what_one_stream_writes(
+    tiny_workspace: Params, tmp_path: Path, workers: int, streams: int
+) -> None:
+    one, other = (
         with_features(tiny_workspace, tmp_path / "1"),
         with_features(tiny_workspace, tmp_path / "2"),
     )
     features.run(one, workers=0, streams=1)
-    report = features.run(two, workers=0, streams=2)
-    assert report.streams == 2
+    report = features.run(other, workers=workers, streams=streams)
+    assert report.streams == streams and report.images > 0
     assert read_manifest(tmp_path / "1")[0].equals(read_manifest(tmp_path / "2")[0])
     a, b = samples(tmp_path / "1"), samples(tmp_path / "2")
     assert list(a) == list(b)
