@@ -127,9 +127,10 @@ def run(params, work: Path, n_images: int, repeats: int, workers: int, streams: 
         )
         elapsed = time.perf_counter() - start
         assert report.images == len(records)
+        decoding.append(report.decode_seconds / (streams * elapsed))
         return len(records) / elapsed, 1 - report.encoder_seconds / (streams * elapsed)
 
-    one, many, pipe, inside = [], [], [], []
+    one, many, pipe, inside, decoding = [], [], [], [], []
     for k in range(repeats):
         one.append(encoder(1))
         many.append(encoder(streams))
@@ -151,6 +152,7 @@ def run(params, work: Path, n_images: int, repeats: int, workers: int, streams: 
         "pipeline_images_per_s": p,
         "overhead": 1 - p / e,
         "overhead_in_run": statistics.median(inside),
+        "decoding_in_run": statistics.median(decoding),
         "overhead_target": 0.15,
         "overhead_met": statistics.median(inside) <= 0.15,
         "repeats": {"encoder_one_stream": one, "encoder_streams": many, "pipeline": pipe},
@@ -211,6 +213,8 @@ def render(r: dict) -> str:
             f"| overhead in run: mean share of a stream's wall time outside the tower forward | "
             f"{100 * r['overhead_in_run']:.1f}% (target ≤ {100 * r['overhead_target']:.0f}%: "
             f"{'met' if r['overhead_met'] else 'NOT met'}) |",
+            f"| of which decoding and preparing images (JPEG decode, RGB, uint8 batch) | "
+            f"{100 * r['decoding_in_run']:.1f}% |",
             f"| training loader | {r['loader']['samples_per_s']:.0f} samples/s "
             f"({r['loader']['batches_per_s']:.1f} batches of {r['loader']['batch_size']}/s) |",
             "",
