@@ -11,7 +11,15 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from msr.config import Params
 from msr.data.templates import prompt, render
-from msr.models.preprocess import ImageSpec, expand_to_square, normalize, preprocess
+from msr.models.preprocess import (
+    ImageSpec,
+    expand_to_square,
+    normalize,
+    prepare,
+    prepare_hwc,
+    preprocess,
+    stack_hwc,
+)
 from msr.models.vision import VisionTower, fold_normalization
 
 
@@ -126,6 +134,12 @@ def test_preprocess_equals_hf_processor(size: tuple[int, int], aspect: str) -> N
     torch.testing.assert_close(preprocess([img], spec), expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(
         preprocess([img], spec, torch.bfloat16).float(), expected, rtol=0, atol=0.04
+    )
+    # the feature cache's batch path makes the same uint8 pixels as `prepare`
+    grey = img.convert("L")  # and converts other modes to RGB the same way
+    assert torch.equal(
+        stack_hwc([prepare_hwc(img, spec), prepare_hwc(grey, spec)]),
+        torch.stack([prepare(img, spec), prepare(grey, spec)]),
     )
 
 

@@ -37,7 +37,7 @@ from msr.data.shards import (
     shard_state,
     write_fragment,
 )
-from msr.models.preprocess import ImageSpec, prepare
+from msr.models.preprocess import ImageSpec, prepare_hwc, stack_hwc
 from msr.models.vision import VisionTower
 from msr.utils.io import atomic_file, atomic_write_json
 
@@ -75,9 +75,9 @@ class FeatureReport:
         )
 
 
-class _Images(Dataset[tuple[int, torch.Tensor | None, str | None]]):
-    """Decode and prepare one image to uint8 (in the worker, off the encoder's path); a failure is
-    returned as a reason, not raised."""
+class _Images(Dataset[tuple[int, np.ndarray | None, str | None]]):
+    """Decode and prepare one image to uint8 (S, S, 3); a failure is returned as a reason, not
+    raised."""
 
     def __init__(self, items: Sequence[tuple[Item, Path]], spec: ImageSpec) -> None:
         self.items, self.spec = items, spec
@@ -85,13 +85,13 @@ class _Images(Dataset[tuple[int, torch.Tensor | None, str | None]]):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
         item, root = self.items[i]
         assert item.image is not None
         path = root / item.image
         try:
             with Image.open(path) as img:
-                return i, prepare(img, self.spec), None
+                return i, prepare_hwc(img, self.spec), None
         except FileNotFoundError:
             return i, None, f"missing image: {path}"
         except (UnidentifiedImageError, OSError, ValueError) as err:
@@ -224,7 +224,7 @@ def _write_shard(
     return rows
 
 
-Batch = list[tuple[int, torch.Tensor | None, str | None]]
+Batch = list[tuple[int, np.ndarray | None, str | None]]
 
 
 def _feature_stream(
@@ -260,7 +260,7 @@ def _feature_stream(
         ok = [(i, x) for i, x, _ in batch if x is not None]
         if not ok:
             return batch, {}, time.perf_counter() - start, 0.0
-        pixels = torch.stack([x for _, x in ok])  # uint8 (b, 3, S, S)
+        pixels = stack_hwc([x for _, x in ok])  # uint8 (b, 3, S, S)
         decoded = time.perf_counter()
         encoded = tower(pixels).to(torch.float16).cpu().numpy()  # (b, N, d)
         done = time.perf_counter()

@@ -65,6 +65,25 @@ def expand_to_square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Imag
 
 def prepare(img: Image.Image, spec: ImageSpec) -> Tensor:
     """One image -> uint8 (3, S, S)."""
+    return torch.from_numpy(np.array(square(img, spec), dtype=np.uint8)).permute(2, 0, 1)
+
+
+def prepare_hwc(img: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """One image -> uint8 (S, S, 3), read-only (PIL's bytes, not copied again): `stack_hwc` it."""
+    return np.asarray(square(img, spec))
+
+
+def stack_hwc(images: Sequence[np.ndarray]) -> Tensor:
+    """(S, S, 3) uint8 arrays -> uint8 (B, 3, S, S), with one transposing copy per image."""
+    s = images[0].shape[0]
+    out = np.empty((len(images), 3, s, s), dtype=np.uint8)
+    for j, a in enumerate(images):
+        out[j] = a.transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def square(img: Image.Image, spec: ImageSpec) -> Image.Image:
+    """RGB, made square (`spec.aspect`) and S×S, as the HF processor does before it normalises."""
     if img.mode != "RGB":
         img = img.convert("RGB")
     if spec.aspect == "pad":
@@ -80,7 +99,7 @@ def prepare(img: Image.Image, spec: ImageSpec) -> Tensor:
     top, left = (h - s) // 2, (w - s) // 2
     if (w, h) != (s, s):
         img = img.crop((left, top, left + s, top + s))
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # one copy, writable
+    return img
 
 
 def normalize(batch: Tensor, spec: ImageSpec, dtype: torch.dtype = torch.float32) -> Tensor:

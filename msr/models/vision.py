@@ -81,6 +81,7 @@ class VisionTower(nn.Module):
                 f"{model}: processor size {self.spec.size} != tower image_size {self.image_size}"
             )
         self._commit = getattr(config, "_commit_hash", None)
+        self._fingerprint: dict[str, Any] | None = None
         embeddings = getattr(self.tower, "vision_model", self.tower).embeddings
         fold_normalization(embeddings.patch_embedding, self.spec.mean, self.spec.std)
 
@@ -119,17 +120,20 @@ class VisionTower(nn.Module):
         return features
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that determines the features; `id` is a short hash of the rest."""
-        return encoder_fingerprint(
-            self.name,
-            self.revision or self._commit,
-            self.feature_layer,
-            self.select,
-            self.aspect,
-            self.dtype_name,
-            self.image_size,
-            self.spec,
-        )
+        """Everything that determines the features; `id` is a short hash of the rest. Computed once
+        (it hashes the weight files)."""
+        if self._fingerprint is None:
+            self._fingerprint = encoder_fingerprint(
+                self.name,
+                self.revision or self._commit,
+                self.feature_layer,
+                self.select,
+                self.aspect,
+                self.dtype_name,
+                self.image_size,
+                self.spec,
+            )
+        return dict(self._fingerprint)
 
 
 def encoder_fingerprint(
