@@ -154,7 +154,7 @@ def run(params, work: Path, n_images: int, repeats: int, workers: int, streams: 
         "overhead_in_run": statistics.median(inside),
         "decoding_in_run": statistics.median(decoding),
         "overhead_target": 0.15,
-        "overhead_met": statistics.median(inside) <= 0.15,
+        "overhead_met": 1 - p / e <= 0.15,
         "repeats": {"encoder_one_stream": one, "encoder_streams": many, "pipeline": pipe},
         "loader": loader,
     }
@@ -209,10 +209,10 @@ def render(r: dict) -> str:
             f"| encoder forward alone, 1 stream × {env['threads']} threads | {r['encoder_one_stream_images_per_s']:.0f} img/s |",
             f"| encoder forward alone, {r['streams']} streams × 1 thread | {r['encoder_streams_images_per_s']:.0f} img/s |",
             f"| `msr features` end to end, {r['streams']} streams | {r['pipeline_images_per_s']:.0f} img/s |",
-            f"| overhead, 1 − pipeline / faster encoder | {100 * r['overhead']:.1f}% |",
+            f"| overhead, 1 − pipeline / faster encoder | {100 * r['overhead']:.1f}% "
+            f"(target ≤ {100 * r['overhead_target']:.0f}%: {'met' if r['overhead_met'] else 'NOT met'}) |",
             f"| overhead in run: mean share of a stream's wall time outside the tower forward | "
-            f"{100 * r['overhead_in_run']:.1f}% (target ≤ {100 * r['overhead_target']:.0f}%: "
-            f"{'met' if r['overhead_met'] else 'NOT met'}) |",
+            f"{100 * r['overhead_in_run']:.1f}% |",
             f"| of which decoding and preparing images (JPEG decode, RGB, uint8 batch) | "
             f"{100 * r['decoding_in_run']:.1f}% |",
             f"| training loader | {r['loader']['samples_per_s']:.0f} samples/s "
