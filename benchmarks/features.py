@@ -34,6 +34,7 @@ from msr.models.preprocess import prepare
 from msr.models.vision import VisionTower
 from msr.profile.environment import environment
 from msr.utils.io import atomic_write_json, atomic_write_text
+from msr.utils.memory import retain_freed_memory
 
 
 def main() -> None:
@@ -48,6 +49,7 @@ def main() -> None:
     ap.add_argument("--out", default="reports/features_bench")
     args = ap.parse_args()
     params = load_params(args.params)
+    retain_freed_memory()  # as `msr features` does; the encoder-alone runs get it too
     work = Path(tempfile.mkdtemp(prefix="msr-features-bench-"))
     try:
         streams = args.streams or default_streams(torch.device("cpu"))

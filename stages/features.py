@@ -12,6 +12,7 @@ from msr.config import Params
 from msr.data.features import FeatureReport, Progress, Source, encode_features
 from msr.data.streams import default_streams
 from msr.models.vision import VisionTower
+from msr.utils.memory import retain_freed_memory
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -71,6 +72,7 @@ def run(
     Defaults: on a GPU one stream fed by min(8, cores − 2) decoding processes; on a CPU one
     stream per core, each decoding its own batches (no decoding processes)."""
     env_rank, env_world = distributed_rank()
+    retain_freed_memory()  # per-image and per-batch buffers are reused, not faulted in anew
     device = encode_device()
     if workers is None:
         workers = max(0, min(8, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0

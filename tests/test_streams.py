@@ -43,3 +43,15 @@ def test_each_stream_gets_its_share_of_threads() -> None:
         assert torch.get_num_threads() == 4  # the caller's count is left as it was
     finally:
         torch.set_num_threads(before)
+
+
+def test_batches_cover_every_item_once_and_the_tail_is_finer() -> None:
+    from msr.data.features import _spans
+
+    for n, batch, streams in [(512, 32, 2), (100, 32, 3), (5, 32, 2), (0, 32, 2), (70, 32, 1)]:
+        spans = _spans(n, batch, streams)
+        assert [i for s in spans for i in s] == list(range(n))
+        assert all(0 < len(s) <= batch for s in spans)
+    spans = _spans(512, 32, 2)
+    assert [len(s) for s in spans] == [32] * 14 + [8] * 8
+    assert [len(s) for s in _spans(70, 32, 1)] == [32, 32, 6]

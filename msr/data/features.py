@@ -227,6 +227,17 @@ def _write_shard(
 Batch = list[tuple[int, np.ndarray | None, str | None]]
 
 
+def _spans(n: int, batch_size: int, streams: int) -> list[list[int]]:
+    """Batches of item indices; with several streams the last `streams` batches are cut in four,
+    so that the streams finish together instead of one idling through another's last batch."""
+    spans = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    if streams == 1:
+        return spans
+    tail = [i for span in spans[-streams:] for i in span]
+    step = max(1, batch_size // 4)
+    return spans[:-streams] + [tail[s : s + step] for s in range(0, len(tail), step)]
+
+
 def _feature_stream(
     items: Sequence[tuple[Item, Path]],
     tower: VisionTower,
@@ -243,8 +254,7 @@ def _feature_stream(
     processes ahead of them, or, with none, by the stream that encodes the batch, so one
     stream's decoding overlaps another's forward."""
     images = _Images(items, tower.spec)
-    n = len(items)
-    spans = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
+    spans = _spans(len(items), batch_size, streams)
     jobs: Iterator[Any]
     if workers:
         loader = DataLoader(
