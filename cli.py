@@ -183,6 +183,9 @@ def features(
             "(default: one per core on a CPU, 1 on a GPU).",
         ),
     ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (a GPU when there is one), cpu, or cuda (LOCAL_RANK's GPU).")
+    ] = "auto",
     verify: Annotated[
         bool, typer.Option("--verify", help="Check every finished shard's sha256.")
     ] = False,
@@ -234,11 +237,12 @@ def features(
                     world_size=world_size,
                     workers=workers,
                     streams=streams,
+                    device=device,
                     verify=verify,
                     progress=advance,
                     on_plan=on_plan,
                 )
-    except (DataError, ShardError) as err:
+    except (DataError, ShardError, ValueError) as err:
         raise _fail(str(err)) from None
     console.print(report.summary())
 

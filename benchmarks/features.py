@@ -215,7 +215,7 @@ def render(r: dict) -> str:
             f"(target ≤ {100 * r['overhead_target']:.0f}%: {'met' if r['overhead_met'] else 'NOT met'}) |",
             f"| overhead in run: mean share of a stream's wall time outside the tower forward | "
             f"{100 * r['overhead_in_run']:.1f}% |",
-            f"| of which decoding and preparing images (JPEG decode, RGB, uint8 batch) | "
+            f"| of which {'decoding and preparing images (JPEG decode, RGB, uint8 batch)' if not r['workers'] else 'batching images decoded by the workers'} | "
             f"{100 * r['decoding_in_run']:.1f}% |",
             f"| training loader | {r['loader']['samples_per_s']:.0f} samples/s "
             f"({r['loader']['batches_per_s']:.1f} batches of {r['loader']['batch_size']}/s) |",

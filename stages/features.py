@@ -20,11 +20,21 @@ def distributed_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def encode_device() -> torch.device:
-    """This process's GPU (LOCAL_RANK) when there is one, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+def encode_device(device: str = "auto") -> torch.device:
+    """`cpu`, `cuda` (this process's GPU: LOCAL_RANK), or `auto`: cuda when there is one. The
+    device is not part of the encoder fingerprint: GPU and CPU features differ only by rounding."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={device!r}; accepted: 'auto', 'cpu', 'cuda'")
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA device")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if local >= torch.cuda.device_count():
+        raise ValueError(
+            f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return torch.device("cuda", local)
 
 
 def tower_of(params: Params, device: torch.device | str = "cpu") -> VisionTower:
@@ -61,6 +71,7 @@ def run(
     world_size: int | None = None,
     workers: int | None = None,
     streams: int | None = None,
+    device: str = "auto",
     verify: bool = False,
     progress: Progress | None = None,
     on_plan: Callable[[int], None] | None = None,
@@ -73,15 +84,15 @@ def run(
     stream per core, each decoding its own batches (no decoding processes)."""
     env_rank, env_world = distributed_rank()
     retain_freed_memory()  # per-image and per-batch buffers are reused, not faulted in anew
-    device = encode_device()
+    dev = encode_device(device)
     if workers is None:
-        workers = max(0, min(8, (os.cpu_count() or 1) - 2)) if device.type == "cuda" else 0
+        workers = max(0, min(8, (os.cpu_count() or 1) - 2)) if dev.type == "cuda" else 0
     if streams is None:
-        streams = default_streams(device)
+        streams = default_streams(dev)
     explicit = rank is not None
     rank = rank if rank is not None else env_rank
     world = world_size if world_size is not None else env_world
-    tower, sources = tower_of(params, device), sources_of(params)
+    tower, sources = tower_of(params, dev), sources_of(params)
     report = _encode(
         params,
         tower,

@@ -120,8 +120,9 @@ def test_resume_after_crash_mid_shard(
         original(self, *args)
 
     monkeypatch.setattr(ShardWriter, "write", crashing_write)
-    with pytest.raises(KeyboardInterrupt):
-        features.run(p, workers=0)
+    with pytest.raises(KeyboardInterrupt) as err:
+        features.run(p, workers=0, streams=2)
+    assert err.tb is not None and not stream_threads()  # the traceback alive, the streams stopped
     out = tmp_path / "f"
     assert [f.name for f in out.glob("*.tar")] == ["pretrain-000000.tar"]  # only the finished shard
     assert not list(out.glob(".*.tmp"))  # the partial shard left no temp file
@@ -210,8 +211,15 @@ def test_corrupt_image_is_an_error_when_strict(corrupt_copy: Params) -> None:
     raw = corrupt_copy.model_dump(mode="json")
     raw["data"]["strict"] = True
     strict = parse_params(raw)
-    with pytest.raises(DataError, match="00000_000000002: unreadable image"):
-        features.run(strict, workers=0)
+    with pytest.raises(DataError, match="00000_000000002: unreadable image") as err:
+        features.run(strict, workers=0, streams=2)
+    assert err.tb is not None and not stream_threads()  # stopped with the error, not left encoding
+
+
+def stream_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("msr-stream")]
 
 
 def test_missing_image_is_skipped_with_its_reason(corrupt_copy: Params, tmp_path: Path) -> None:

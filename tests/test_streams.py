@@ -55,3 +55,15 @@ def test_batches_cover_every_item_once_and_the_tail_is_finer() -> None:
     spans = _spans(512, 32, 2)
     assert [len(s) for s in spans] == [32] * 14 + [8] * 8
     assert [len(s) for s in _spans(70, 32, 1)] == [32, 32, 6]
+
+
+def test_encode_device_choices() -> None:
+    from stages.features import encode_device
+
+    assert encode_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert encode_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="no CUDA device"):
+            encode_device("cuda")
+    with pytest.raises(ValueError, match="device='tpu'; accepted"):
+        encode_device("tpu")

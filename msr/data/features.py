@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,6 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from msr.data.llava import DataError, Skip, read_llava_json
-from msr.data.streams import ordered_map
-from msr.data.tar_writer import ShardWriter
 from msr.data.shards import (
     Item,
     ShardPlan,
@@ -37,6 +35,8 @@ from msr.data.shards import (
     shard_state,
     write_fragment,
 )
+from msr.data.streams import ordered_map
+from msr.data.tar_writer import ShardWriter
 from msr.models.preprocess import ImageSpec, prepare_hwc, stack_hwc
 from msr.models.vision import VisionTower
 from msr.utils.io import atomic_file, atomic_write_json
@@ -62,7 +62,9 @@ class FeatureReport:
     bytes_written: int = 0
     seconds: float = 0.0  # wall time of encoding (planning and merging excluded)
     encoder_seconds: float = 0.0  # time in the tower's forward, summed over streams
-    decode_seconds: float = 0.0  # time decoding and preparing images, summed over streams
+    # time in the streams decoding and preparing images, summed over streams (with decoding
+    # workers, only batching their arrays: the decoding itself is in the worker processes)
+    decode_seconds: float = 0.0
     streams: int = 1
 
     def summary(self) -> str:
@@ -153,17 +155,40 @@ def encode_features(
         on_plan(sum(1 for p in todo for it in p.items if it.image is not None))
     start = time.perf_counter()
     if todo and encode:
-        _encode(todo, out, tower, roots, batch_size, workers, streams, strict, fingerprint["id"],
-                report, progress)
+        _encode(
+            todo,
+            out,
+            tower,
+            roots,
+            batch_size,
+            workers,
+            streams,
+            strict,
+            fingerprint["id"],
+            report,
+            progress,
+        )
     report.seconds = time.perf_counter() - start
     if merge:
         table = merge_manifest(out, plans, fingerprint)
-        skipped = [{"key": k, "reason": r} for k, r, s in zip(
-            table["key"].to_pylist(), table["reason"].to_pylist(), table["status"].to_pylist(), strict=True
-        ) if s == "skipped"]
-        atomic_write_json(out / "skips.json", {
-            "reader": [s.__dict__ for s in reader_skips], "encoding": skipped,
-            "total": len(reader_skips) + len(skipped)})
+        skipped = [
+            {"key": k, "reason": r}
+            for k, r, s in zip(
+                table["key"].to_pylist(),
+                table["reason"].to_pylist(),
+                table["status"].to_pylist(),
+                strict=True,
+            )
+            if s == "skipped"
+        ]
+        atomic_write_json(
+            out / "skips.json",
+            {
+                "reader": [s.__dict__ for s in reader_skips],
+                "encoding": skipped,
+                "total": len(reader_skips) + len(skipped),
+            },
+        )
     log.info("features: %s", report.summary())
     return report
 
@@ -185,13 +210,16 @@ def _encode(
     features = _feature_stream(
         image_items, tower, batch_size, workers, streams, strict, progress, report
     )
-    for plan in todo:
-        tar = out / f"{plan.name}.tar"
-        with atomic_file(tar) as f, ShardWriter(f) as sink:
-            rows = _write_shard(sink, plan, features, encoder_id, report)
-        write_fragment(out, plan, rows, sink.size, sink.hexdigest())
-        report.shards_written += 1
-        report.bytes_written += sink.size
+    try:
+        for plan in todo:
+            tar = out / f"{plan.name}.tar"
+            with atomic_file(tar) as f, ShardWriter(f) as sink:
+                rows = _write_shard(sink, plan, features, encoder_id, report)
+            write_fragment(out, plan, rows, sink.size, sink.hexdigest())
+            report.shards_written += 1
+            report.bytes_written += sink.size
+    finally:  # on an error, stop the streams (and decoding workers) now, not when collected
+        features.close()
 
 
 def _write_shard(
@@ -204,10 +232,19 @@ def _write_shard(
     """Write the plan's samples (features drawn from the stream, in order); its manifest rows."""
     rows: list[dict[str, Any]] = []
     for item in plan.items:
-        row = {"key": item.key, "shard": f"{plan.name}.tar", "split": item.split,
-               "image": item.image, "image_id": Path(item.image).stem if item.image else None,
-               "source": item.source, "record_ids": [r.id for r in item.records],
-               "has_features": False, "status": "ok", "reason": None, "encoder": encoder_id}
+        row = {
+            "key": item.key,
+            "shard": f"{plan.name}.tar",
+            "split": item.split,
+            "image": item.image,
+            "image_id": Path(item.image).stem if item.image else None,
+            "source": item.source,
+            "record_ids": [r.id for r in item.records],
+            "has_features": False,
+            "status": "ok",
+            "reason": None,
+            "encoder": encoder_id,
+        }
         feats = None
         if item.image is not None:
             key, feats, reason = next(features)
@@ -228,8 +265,9 @@ Batch = list[tuple[int, np.ndarray | None, str | None]]
 
 
 def _spans(n: int, batch_size: int, streams: int) -> list[list[int]]:
-    """Batches of item indices; with several streams the last `streams` batches are cut in four,
-    so that the streams finish together instead of one idling through another's last batch."""
+    """Batches of item indices; with several streams the last `streams` batches are cut into
+    quarter batches, so that the streams finish together instead of one idling through another's
+    last batch."""
     spans = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     if streams == 1:
         return spans
@@ -247,7 +285,7 @@ def _feature_stream(
     strict: bool,
     progress: Progress | None,
     report: FeatureReport,
-) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+) -> Generator[tuple[str, np.ndarray | None, str | None], None, None]:
     """(key, fp16 features (N, d) or None, skip reason) in item order.
 
     Batches are encoded by `streams` threads (`streams.py`); images are decoded by `workers`
@@ -274,17 +312,26 @@ def _feature_stream(
         decoded = time.perf_counter()
         encoded = tower(pixels).to(torch.float16).cpu().numpy()  # (b, N, d)
         done = time.perf_counter()
-        return batch, {i: encoded[j] for j, (i, _) in enumerate(ok)}, decoded - start, done - decoded
+        return (
+            batch,
+            {i: encoded[j] for j, (i, _) in enumerate(ok)},
+            decoded - start,
+            done - decoded,
+        )
 
-    for batch, feats, decode_s, encode_s in ordered_map(encode, jobs, streams):
-        report.decode_seconds += decode_s
-        report.encoder_seconds += encode_s
-        for i, _, reason in batch:
-            key = items[i][0].key
-            if reason is not None and strict:
-                raise DataError(f"{key}: {reason}")
-            if reason is not None:
-                log.warning("skipping %s: %s", key, reason)
-            yield key, feats.get(i), reason
-        if progress is not None:
-            progress(len(batch))
+    results = ordered_map(encode, jobs, streams)
+    try:
+        for batch, feats, decode_s, encode_s in results:
+            report.decode_seconds += decode_s
+            report.encoder_seconds += encode_s
+            for i, _, reason in batch:
+                key = items[i][0].key
+                if reason is not None and strict:
+                    raise DataError(f"{key}: {reason}")
+                if reason is not None:
+                    log.warning("skipping %s: %s", key, reason)
+                yield key, feats.get(i), reason
+            if progress is not None:
+                progress(len(batch))
+    finally:  # stop the streams now, also when an error leaves this frame alive in a traceback
+        results.close()

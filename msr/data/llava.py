@@ -61,7 +61,11 @@ class DataError(ValueError):
 
 
 def read_llava_json(
-    json_path: str | Path, image_root: str | Path, *, strict: bool = False, check_images: bool = True
+    json_path: str | Path,
+    image_root: str | Path,
+    *,
+    strict: bool = False,
+    check_images: bool = True,
 ) -> ReadResult:
     """Read and validate a LLaVA-format json array of records."""
     json_path, image_root = Path(json_path), Path(image_root)
@@ -70,7 +74,9 @@ def read_llava_json(
     except FileNotFoundError:
         raise DataError(f"training json {json_path} does not exist") from None
     except json.JSONDecodeError as err:
-        raise DataError(f"{json_path} is not valid json: {err.msg} at line {err.lineno}, column {err.colno}") from None
+        raise DataError(
+            f"{json_path} is not valid json: {err.msg} at line {err.lineno}, column {err.colno}"
+        ) from None
     if not isinstance(raw, list):
         raise DataError(f"{json_path} must hold a json array of records, got {type(raw).__name__}")
     result = ReadResult(records=[])
@@ -91,8 +97,13 @@ def read_llava_json(
         seen.add(record.id)
         result.records.append(record)
     if result.skips:
-        log.warning("%s: skipped %d of %d records (%s)", json_path, len(result.skips), len(raw),
-                    ", ".join(f"{k}: {v}" for k, v in result.report()["by_reason"].items()))
+        log.warning(
+            "%s: skipped %d of %d records (%s)",
+            json_path,
+            len(result.skips),
+            len(raw),
+            ", ".join(f"{k}: {v}" for k, v in result.report()["by_reason"].items()),
+        )
     return result
 
 
@@ -106,11 +117,17 @@ def _parse(item: Any, n: int) -> Record:
         raise DataError("malformed record: 'conversations' must be a non-empty list")
     turns: list[tuple[str, str]] = []
     for i, turn in enumerate(convs):
-        if not isinstance(turn, dict) or not isinstance(turn.get("from"), str) or not isinstance(turn.get("value"), str):
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("from"), str)
+            or not isinstance(turn.get("value"), str)
+        ):
             raise DataError(f"malformed record: turn {i} needs string 'from' and 'value'")
         expected = ROLES[i % 2]
         if turn["from"] != expected:
-            raise DataError(f"wrong role order: turn {i} is from {turn['from']!r}, expected {expected!r}")
+            raise DataError(
+                f"wrong role order: turn {i} is from {turn['from']!r}, expected {expected!r}"
+            )
         turns.append((turn["from"], turn["value"]))
     if len(turns) % 2:
         raise DataError(f"wrong role order: {len(turns)} turns, the last human turn has no answer")
@@ -118,13 +135,17 @@ def _parse(item: Any, n: int) -> Record:
     tokens = sum(text.count(IMAGE_TOKEN) for _, text in turns)
     if image is None:
         if tokens:
-            raise DataError(f"image token in a text-only sample: {tokens} '<image>' but no 'image' key")
+            raise DataError(
+                f"image token in a text-only sample: {tokens} '<image>' but no 'image' key"
+            )
         return Record(str(item["id"]), None, tuple(turns), "text")
     if not isinstance(image, str) or not image:
         raise DataError(f"malformed record: 'image' must be a relative path, got {image!r}")
     if tokens != 1:
         what = "no" if tokens == 0 else f"{tokens}"
-        raise DataError(f"image token count: {what} '<image>' tokens in an image sample (exactly one needed)")
+        raise DataError(
+            f"image token count: {what} '<image>' tokens in an image sample (exactly one needed)"
+        )
     source = image.split("/", 1)[0] if "/" in image else "images"
     return Record(str(item["id"]), image, tuple(turns), source)
 

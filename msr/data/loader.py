@@ -104,7 +104,9 @@ def shards_for_rank(shards: Sequence[str], rank: int, world_size: int) -> list[s
     """Rank r takes shards r, r + W, r + 2W, ...; every rank needs at least one."""
     mine = list(shards[rank::world_size])
     if not mine:
-        raise ValueError(f"rank {rank} of {world_size} gets no shard: only {len(shards)} shard(s); use fewer processes or smaller shards")
+        raise ValueError(
+            f"rank {rank} of {world_size} gets no shard: only {len(shards)} shard(s); use fewer processes or smaller shards"
+        )
     return mine
 
 
@@ -128,7 +130,9 @@ class ExampleStream(IterableDataset[Batch]):
         drop_last: bool = True,
     ) -> None:
         if not shards:
-            raise ValueError("no feature shards to train on: run `msr features` (or check paths.features)")
+            raise ValueError(
+                "no feature shards to train on: run `msr features` (or check paths.features)"
+            )
         self.shards = list(shards)
         self.tokenizer, self.template = tokenizer, template
         self.num_image_tokens, self.max_length = num_image_tokens, max_length
@@ -140,7 +144,9 @@ class ExampleStream(IterableDataset[Batch]):
         self.pad_id = pad if pad is not None else tokenizer.eos_token_id
 
     def _examples(self, shards: Sequence[str], rng: random.Random) -> Iterator[Example]:
-        pipeline = wds.DataPipeline(wds.SimpleShardList(list(shards)), wds.tarfile_to_samples(), wds.decode())
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList(list(shards)), wds.tarfile_to_samples(), wds.decode()
+        )
         for sample in pipeline:
             meta, feats = sample["json"], sample.get("npy")
             has_image = meta["image"] is not None
@@ -149,14 +155,23 @@ class ExampleStream(IterableDataset[Batch]):
             for rec in meta["records"]:
                 key = f"{sample['__key__']}/{rec['id']}"
                 try:
-                    enc = encode(key, [tuple(t) for t in rec["conversations"]], self.tokenizer, self.template,
-                                 self.num_image_tokens, self.max_length, has_image)
+                    enc = encode(
+                        key,
+                        [tuple(t) for t in rec["conversations"]],
+                        self.tokenizer,
+                        self.template,
+                        self.num_image_tokens,
+                        self.max_length,
+                        has_image,
+                    )
                 except BadSample as err:
                     if self.strict:
                         raise
                     self.skips.add(err)
                     continue
-                yield Example(key, enc.input_ids, enc.labels, enc.image_start, feats if has_image else None)
+                yield Example(
+                    key, enc.input_ids, enc.labels, enc.image_start, feats if has_image else None
+                )
 
     def _shuffled(self, examples: Iterator[Example], rng: random.Random) -> Iterator[Example]:
         """A shuffle buffer that starts yielding after `initial` examples and grows two for one up

@@ -59,7 +59,10 @@ class Item:
             "split": self.split,
             "image": self.image,
             "source": self.source,
-            "records": [{"id": r.id, "conversations": [list(t) for t in r.conversations]} for r in self.records],
+            "records": [
+                {"id": r.id, "conversations": [list(t) for t in r.conversations]}
+                for r in self.records
+            ],
         }
 
 
@@ -97,7 +100,9 @@ def plan_items(records: Sequence[Record], split: str) -> list[Item]:
     for k, image in order:
         key = k if image is None else sample_key(image.rsplit(".", 1)[0])
         if key in keys:
-            raise ValueError(f"two samples map to the key {key!r} (image {image!r}); rename one of the files")
+            raise ValueError(
+                f"two samples map to the key {key!r} (image {image!r}); rename one of the files"
+            )
         keys.add(key)
         recs = tuple(by_image[k])
         items.append(Item(key, split, image, recs[0].source, recs))
@@ -136,7 +141,9 @@ def write_fragment(
     """Record a finished shard: its manifest rows plus the tar's size and checksum."""
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     meta = {"plan": plan.digest, "tar_size": str(tar_size), "tar_sha256": tar_sha256}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **{k: v.encode() for k, v in meta.items()}})
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), **{k: v.encode() for k, v in meta.items()}}
+    )
     atomic_write(out / f"{plan.name}.parquet", lambda f: pq.write_table(table, f))
 
 
@@ -167,7 +174,9 @@ def merge_manifest(out: Path, plans: Iterable[ShardPlan], fingerprint: dict[str,
     plans = list(plans)
     missing = [p.name for p in plans if not (out / f"{p.name}.parquet").exists()]
     if missing:
-        raise ShardError(f"cannot merge: {len(missing)} shard(s) not encoded yet: {', '.join(missing[:5])}")
+        raise ShardError(
+            f"cannot merge: {len(missing)} shard(s) not encoded yet: {', '.join(missing[:5])}"
+        )
     tables = [pq.read_table(out / f"{p.name}.parquet").replace_schema_metadata(None) for p in plans]
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     table = table.replace_schema_metadata({"fingerprint": json.dumps(fingerprint, sort_keys=True)})

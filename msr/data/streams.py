@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
@@ -34,7 +34,7 @@ def intra_op_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def ordered_map(fn: Callable[[J], R], jobs: Iterable[J], streams: int) -> Iterator[R]:
+def ordered_map(fn: Callable[[J], R], jobs: Iterable[J], streams: int) -> Generator[R, None, None]:
     """`map(fn, jobs)` on `streams` threads, each with 1/streams of torch's threads, yielding in
     job order with at most streams + 1 jobs in flight (bounded memory). streams=1 runs inline."""
     if streams < 1:

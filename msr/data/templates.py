@@ -40,13 +40,17 @@ def _move_image_first(text: str) -> str:
 def render(turns: Sequence[tuple[str, str]], template: str, system: str | None = None) -> Rendered:
     """Training text of a conversation ((role, text), ... alternating human, gpt). The spans start
     where the evaluation prompt ends, so what is supervised is exactly what generation produces."""
-    if len(turns) < 2 or len(turns) % 2 or any(
-        role != ("human", "gpt")[i % 2] for i, (role, _) in enumerate(turns)
+    if (
+        len(turns) < 2
+        or len(turns) % 2
+        or any(role != ("human", "gpt")[i % 2] for i, (role, _) in enumerate(turns))
     ):
         raise TemplateError(f"cannot split into (human, gpt) rounds: roles {[r for r, _ in turns]}")
     if template == "plain":
         if len(turns) != 2:
-            raise TemplateError(f"template 'plain' takes one (human, gpt) pair, got {len(turns) // 2} rounds")
+            raise TemplateError(
+                f"template 'plain' takes one (human, gpt) pair, got {len(turns) // 2} rounds"
+            )
         # stage 1 drops the instruction: "<image>" + caption + "\n", caption and "\n" supervised
         has_image = IMAGE_TOKEN in turns[0][1]
         head = IMAGE_TOKEN if has_image else ""

@@ -2,10 +2,13 @@
 
 Features are `hidden_states[feature_layer]` (−2: the penultimate block, before post-LN, as LLaVA);
 `patch` drops CLIP's CLS token, `cls_patch` keeps it. Encoder blocks after the chosen layer are
-removed at load, so they cost nothing. The tower takes uint8 images as `prepare` makes them: the
-processor's normalisation is folded into the patch embedding at load, which saves a float pass over
-every image (conv((x/255 − μ)/σ) = conv with W/(255σ) and bias Σ W·(−μ/σ); exact in real arithmetic,
-within rounding of HF's float path — tested). `fingerprint()` identifies what produced a feature.
+removed at load, so they cost nothing. The tower takes uint8 images as `prepare` makes them. In
+fp32 and bf16 the processor's normalisation is folded into the patch embedding at load, which saves
+a float pass over every image: conv((x/255 − μ)/σ) = conv with W/(255σ) plus the bias Σ W·(−μ/σ).
+That is exact in real arithmetic; in bf16 it rounds the scaled weights and the bias once more, so
+features differ from HF's bf16 path by up to about twice HF's own bf16 error (tested). fp16, where
+scaled weights would turn subnormal, normalises the pixels instead, as HF does.
+`fingerprint()` identifies what produced a feature.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoImageProcessor, CLIPVisionModel, SiglipVisionModel
 
-from msr.models.preprocess import ImageSpec
+from msr.models.preprocess import ImageSpec, normalize
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _TOWERS: dict[str, type[CLIPVisionModel] | type[SiglipVisionModel]] = {
@@ -31,7 +34,7 @@ _TOWERS: dict[str, type[CLIPVisionModel] | type[SiglipVisionModel]] = {
 
 
 class VisionTower(nn.Module):
-    """Pixels (B, 3, S, S) -> features (B, N, d), frozen, no grad."""
+    """uint8 images (B, 3, S, S) -> features (B, N, d), frozen, no grad."""
 
     def __init__(
         self,
@@ -82,8 +85,10 @@ class VisionTower(nn.Module):
             )
         self._commit = getattr(config, "_commit_hash", None)
         self._fingerprint: dict[str, Any] | None = None
-        embeddings = getattr(self.tower, "vision_model", self.tower).embeddings
-        fold_normalization(embeddings.patch_embedding, self.spec.mean, self.spec.std)
+        self.folded = folds_normalization(dtype)
+        if self.folded:
+            embeddings = getattr(self.tower, "vision_model", self.tower).embeddings
+            fold_normalization(embeddings.patch_embedding, self.spec.mean, self.spec.std)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -112,7 +117,9 @@ class VisionTower(nn.Module):
                 f"the vision tower takes uint8 images (B, 3, S, S) as msr.models.preprocess.prepare "
                 f"makes them (it normalises them itself); got {pixels.dtype} {tuple(pixels.shape)}"
             )
-        pixels = pixels.to(self.device).to(self.dtype)  # 0..255 are exact in bf16, fp16 and fp32
+        pixels = pixels.to(self.device)  # 0..255 are exact in bf16 and fp32: folded, a cast will do
+        folded = self.folded
+        pixels = pixels.to(self.dtype) if folded else normalize(pixels, self.spec, self.dtype)
         out = self.tower(pixel_values=pixels, output_hidden_states=True)
         features = out.hidden_states[self.keep]  # (B, 1 + N, d) for CLIP, (B, N, d) for SigLIP
         if self.has_cls and self.select == "patch":
@@ -155,7 +162,7 @@ def encoder_fingerprint(
         "select": select,
         "resolution": resolution,
         "preprocessing": f"{aspect}+clip-normalize mean={list(spec.mean)} std={list(spec.std)}"
-        " (folded into the patch embedding)",
+        + (" (folded into the patch embedding)" if folds_normalization(dtype) else ""),
         "dtype": dtype,
     }
     fp["id"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
@@ -175,6 +182,11 @@ def describe_encoder(
         model, commit, feature_layer, select, aspect, dtype, int(vcfg.image_size), spec
     )
     return fp, int(vcfg.hidden_size)
+
+
+def folds_normalization(dtype: str) -> bool:
+    """Whether a tower of this dtype folds the normalisation into its patch embedding."""
+    return dtype != "fp16"
 
 
 @torch.no_grad()

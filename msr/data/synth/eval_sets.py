@@ -46,13 +46,21 @@ def write_textvqa(root: Path, scenes: Sequence[Scene], rng: random.Random, save:
         save(render(scene), root / "train_images" / f"{image_id}.jpg")
         q = "What letter or digit is written in the image?"
         text = f"{q}\nReference OCR token: {ocr_tokens(rng, scene.glyph.char)}{SHORT}"
-        questions.append({"question_id": image_id, "image": f"{image_id}.jpg", "text": text, "category": "glyph"})
+        questions.append(
+            {"question_id": image_id, "image": f"{image_id}.jpg", "text": text, "category": "glyph"}
+        )
         annotations.append(
-            {"question": q, "image_id": image_id, "question_id": n, "answers": [scene.glyph.char.lower()] * 10}
+            {
+                "question": q,
+                "image_id": image_id,
+                "question_id": n,
+                "answers": [scene.glyph.char.lower()] * 10,
+            }
         )
     atomic_write_text(root / "llava_textvqa_val_v051_ocr.jsonl", _jsonl(questions))
     atomic_write_json(
-        root / "TextVQA_0.5.1_val.json", {"dataset_type": "val", "dataset_name": "textvqa", "data": annotations}
+        root / "TextVQA_0.5.1_val.json",
+        {"dataset_type": "val", "dataset_name": "textvqa", "data": annotations},
     )
     return len(questions)
 
@@ -90,27 +98,62 @@ def write_pope(
             name = f"COCO_val2014_{n:012d}.jpg"
             if split == "adversarial":
                 save(render(scene), root / "val2014" / name)
-            ordered = [c for c in negatives[split](scene) if c not in scene.colors and c != scene.background]
+            ordered = [
+                c
+                for c in negatives[split](scene)
+                if c not in scene.colors and c != scene.background
+            ]
             qas: list[QA] = []
             if scene.colors:  # one present colour, one absent colour per image and split
-                qas.append(QA(f"Is there a {rng.choice(sorted(scene.colors))} shape in the image?", "yes", "existence"))
+                qas.append(
+                    QA(
+                        f"Is there a {rng.choice(sorted(scene.colors))} shape in the image?",
+                        "yes",
+                        "existence",
+                    )
+                )
             if ordered:
                 qas.append(QA(f"Is there a {ordered[0]} shape in the image?", "no", "existence"))
             for qa in qas:
                 qid = first_id + len(labels)
-                labels.append({"question_id": qid, "image": name, "text": qa.question, "label": qa.answer})
-                questions.append({"question_id": qid, "image": name, "text": qa.question + SHORT, "category": split})
+                labels.append(
+                    {"question_id": qid, "image": name, "text": qa.question, "label": qa.answer}
+                )
+                questions.append(
+                    {
+                        "question_id": qid,
+                        "image": name,
+                        "text": qa.question + SHORT,
+                        "category": split,
+                    }
+                )
         atomic_write_text(root / "coco" / f"coco_pope_{split}.json", _jsonl(labels))
         count += len(labels)
     atomic_write_text(root / "llava_pope_test.jsonl", _jsonl(questions))
     return count
 
 
-def write_mmbench(root: Path, scenes: Sequence[Scene], rng: random.Random, palette: Sequence[str]) -> int:
+def write_mmbench(
+    root: Path, scenes: Sequence[Scene], rng: random.Random, palette: Sequence[str]
+) -> int:
     """Multiple choice in MMBench's dev TSV layout, with circular copies: copy k of question i has
     index i + k·1e6 and its options rotated right by k; the image is base64 in the row."""
-    header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image",
-              "source", "l2-category", "comment", "split"]
+    header = [
+        "index",
+        "question",
+        "hint",
+        "A",
+        "B",
+        "C",
+        "D",
+        "answer",
+        "category",
+        "image",
+        "source",
+        "l2-category",
+        "comment",
+        "split",
+    ]
     rows = []
     for i, scene in enumerate(scenes):
         qa = ask(rng, scene, MMBENCH_CATEGORIES[i % len(MMBENCH_CATEGORIES)], palette)
@@ -124,8 +167,21 @@ def write_mmbench(root: Path, scenes: Sequence[Scene], rng: random.Random, palet
             letters = "ABCD"[: len(rotated)]
             answer = letters[rotated.index(qa.answer)]
             cells = [*rotated, *[""] * (4 - len(rotated))]
-            rows.append([str(i + k * 1_000_000), qa.question, hint, *cells, answer, qa.category, image,
-                         "synth", "perception", "", "dev"])
+            rows.append(
+                [
+                    str(i + k * 1_000_000),
+                    qa.question,
+                    hint,
+                    *cells,
+                    answer,
+                    qa.category,
+                    image,
+                    "synth",
+                    "perception",
+                    "",
+                    "dev",
+                ]
+            )
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
     writer.writerow(header)
@@ -148,8 +204,14 @@ def write_gqa(
         image_id = f"n{100000 + i}"
         save(render(scene), root / "data" / "images" / f"{image_id}.jpg")
         qid = str(20_000_000 + i)
-        questions.append({"question_id": qid, "image": f"{image_id}.jpg", "text": qa.question + SHORT,
-                          "category": qa.category})
+        questions.append(
+            {
+                "question_id": qid,
+                "image": f"{image_id}.jpg",
+                "text": qa.question + SHORT,
+                "category": qa.category,
+            }
+        )
         official[qid] = {
             "question": qa.question,
             "answer": qa.answer,

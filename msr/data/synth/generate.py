@@ -43,11 +43,17 @@ def save_jpeg(img: Image.Image, path: Path) -> None:
 
 def _signature(scene: Scene) -> tuple[Any, ...]:
     shapes = tuple((s.kind, s.color, s.size, round(s.cx), round(s.cy)) for s in scene.shapes)
-    glyph = None if scene.glyph is None else (scene.glyph.char, round(scene.glyph.cx), round(scene.glyph.cy))
+    glyph = (
+        None
+        if scene.glyph is None
+        else (scene.glyph.char, round(scene.glyph.cx), round(scene.glyph.cy))
+    )
     return scene.background, shapes, glyph
 
 
-def _pool(cfg: Synth, name: str, n: int, spec: SceneSpec, exclude: set[tuple[Any, ...]]) -> list[Scene]:
+def _pool(
+    cfg: Synth, name: str, n: int, spec: SceneSpec, exclude: set[tuple[Any, ...]]
+) -> list[Scene]:
     """n scenes from a named random stream; any scene identical to one in `exclude` is redrawn."""
     rng = random.Random(f"{cfg.seed}/{name}")
     out: list[Scene] = []
@@ -89,7 +95,9 @@ def _phrase(rng: random.Random, scene: Scene, qa: QA, cfg: Synth) -> tuple[str, 
     for glyphs with a `Reference OCR token:` line — the prompt shapes the evaluation sets use."""
     if len(qa.choices) >= 2 and rng.random() < cfg.mc_prob:
         letters = "ABCD"[: len(qa.choices)]
-        options = "".join(f"\n{letter}. {choice}" for letter, choice in zip(letters, qa.choices, strict=False))
+        options = "".join(
+            f"\n{letter}. {choice}" for letter, choice in zip(letters, qa.choices, strict=False)
+        )
         return f"{qa.question}{options}{eval_sets.MC}", letters[qa.choices.index(qa.answer)]
     question = qa.question
     if qa.category == "glyph" and scene.glyph is not None and rng.random() < cfg.ocr_prob:
@@ -105,16 +113,32 @@ def _text_record(rng: random.Random, idx: int) -> dict[str, Any]:
         q, answer = f"What is {a} plus {b}?", f"{a} plus {b} is {a + b}."
     elif task == "count_letters":
         word = rng.choice(["circle", "square", "star", "triangle", "shape", "color"])
-        q, answer = f"How many letters are in the word {word}?", f"The word {word} has {len(word)} letters."
+        q, answer = (
+            f"How many letters are in the word {word}?",
+            f"The word {word} has {len(word)} letters.",
+        )
     elif task == "reverse":
         word = rng.choice(["red", "blue", "green", "star", "pink", "gray"])
         q, answer = f"Spell the word {word} backwards.", f"{word[::-1]}"
     else:
-        pair = rng.choice([("red", "blue", "purple"), ("blue", "yellow", "green"), ("red", "yellow", "orange"),
-                           ("black", "white", "gray"), ("red", "white", "pink")])
-        q, answer = f"What color do you get when you mix {pair[0]} and {pair[1]}?", f"Mixing them gives {pair[2]}."
-    return {"id": f"text_{idx:08d}", "model": "", "conversations": [
-        {"from": "human", "value": q}, {"from": "gpt", "value": answer}]}
+        pair = rng.choice(
+            [
+                ("red", "blue", "purple"),
+                ("blue", "yellow", "green"),
+                ("red", "yellow", "orange"),
+                ("black", "white", "gray"),
+                ("red", "white", "pink"),
+            ]
+        )
+        q, answer = (
+            f"What color do you get when you mix {pair[0]} and {pair[1]}?",
+            f"Mixing them gives {pair[2]}.",
+        )
+    return {
+        "id": f"text_{idx:08d}",
+        "model": "",
+        "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": answer}],
+    }
 
 
 def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
@@ -131,9 +155,13 @@ def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
     pretrain = _pool(cfg, "pretrain", cfg.pretrain_images, spec, set())
     instruct = _pool(cfg, "instruct", cfg.instruct_images, spec, set())
     train_sigs = {_signature(s) for s in (*pretrain, *instruct)}
-    glyph_spec = SceneSpec(**{**spec.__dict__, "glyph_size": max(cfg.glyph_size, 1), "glyph_prob": 1.0})
+    glyph_spec = SceneSpec(
+        **{**spec.__dict__, "glyph_size": max(cfg.glyph_size, 1), "glyph_prob": 1.0}
+    )
     evals = {
-        "textvqa": _pool(cfg, "eval-textvqa", cfg.eval_images, glyph_spec if cfg.glyph_size else spec, train_sigs),
+        "textvqa": _pool(
+            cfg, "eval-textvqa", cfg.eval_images, glyph_spec if cfg.glyph_size else spec, train_sigs
+        ),
         "pope": _pool(cfg, "eval-pope", cfg.eval_images, spec, train_sigs),
         "mmbench": _pool(cfg, "eval-mmbench", cfg.eval_images, spec, train_sigs),
         "gqa": _pool(cfg, "eval-gqa", cfg.eval_images, spec, train_sigs),
@@ -145,8 +173,16 @@ def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
         name = f"{n:09d}"
         save_jpeg(render(scene), out / "pretrain_images" / name[:5] / f"{name}.jpg")
         prompt = rng.choice(CAPTION_PROMPTS)
-        pretrain_rows.append({"id": name, "image": f"{name[:5]}/{name}.jpg", "conversations": [
-            {"from": "human", "value": f"{prompt}\n<image>"}, {"from": "gpt", "value": caption(scene)}]})
+        pretrain_rows.append(
+            {
+                "id": name,
+                "image": f"{name[:5]}/{name}.jpg",
+                "conversations": [
+                    {"from": "human", "value": f"{prompt}\n<image>"},
+                    {"from": "gpt", "value": caption(scene)},
+                ],
+            }
+        )
     atomic_write_json(out / "pretrain.json", pretrain_rows)
 
     instruct_rows: list[dict[str, Any]] = []
@@ -170,8 +206,12 @@ def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
     }
     summary = {
         "pretrain": {"images": len(pretrain_rows), "records": len(pretrain_rows)},
-        "instruct": {"images": len(instruct_rows) - cfg.text_only, "records": len(instruct_rows),
-                     "text_only": cfg.text_only, "questions_by_category": dict(sorted(categories.items()))},
+        "instruct": {
+            "images": len(instruct_rows) - cfg.text_only,
+            "records": len(instruct_rows),
+            "text_only": cfg.text_only,
+            "questions_by_category": dict(sorted(categories.items())),
+        },
         "eval_questions": written,
     }
     atomic_write_json(out / "summary.json", summary)

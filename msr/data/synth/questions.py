@@ -64,7 +64,9 @@ def ask_local_attribute(rng: random.Random, scene: Scene, palette: Sequence[str]
         return None
     kind = rng.choice(kinds)
     shape = next(s for s in scene.shapes if s.kind == kind)
-    return QA(f"What color is the {kind}?", shape.color, "local_attribute", _mc(rng, shape.color, palette))
+    return QA(
+        f"What color is the {kind}?", shape.color, "local_attribute", _mc(rng, shape.color, palette)
+    )
 
 
 def ask_glyph(rng: random.Random, scene: Scene, palette: Sequence[str]) -> QA | None:
@@ -77,7 +79,9 @@ def ask_glyph(rng: random.Random, scene: Scene, palette: Sequence[str]) -> QA | 
 
 def ask_counting(rng: random.Random, scene: Scene, palette: Sequence[str]) -> QA | None:
     n = str(len(scene.shapes))
-    return QA("How many shapes are there?", n, "counting", _mc(rng, n, [str(i) for i in range(1, 7)]))
+    return QA(
+        "How many shapes are there?", n, "counting", _mc(rng, n, [str(i) for i in range(1, 7)])
+    )
 
 
 def ask_spatial(rng: random.Random, scene: Scene, palette: Sequence[str]) -> QA | None:
@@ -88,7 +92,9 @@ def ask_spatial(rng: random.Random, scene: Scene, palette: Sequence[str]) -> QA 
     sa = next(s for s in scene.shapes if s.kind == a)
     sb = next(s for s in scene.shapes if s.kind == b)
     margin = 0.12 * scene.image_size
-    if abs(sa.cx - sb.cx) >= margin and (abs(sa.cx - sb.cx) >= abs(sa.cy - sb.cy) or rng.random() < 0.5):
+    if abs(sa.cx - sb.cx) >= margin and (
+        abs(sa.cx - sb.cx) >= abs(sa.cy - sb.cy) or rng.random() < 0.5
+    ):
         answer = "yes" if sa.cx < sb.cx else "no"
         return QA(f"Is the {a} to the left of the {b}?", answer, "spatial", ("yes", "no"))
     if abs(sa.cy - sb.cy) >= margin:
@@ -117,14 +123,21 @@ def ask_side(rng: random.Random, scene: Scene, palette: Sequence[str]) -> QA | N
 def ask_existence(
     rng: random.Random, scene: Scene, palette: Sequence[str], negatives: Sequence[str] | None = None
 ) -> QA | None:
-    """"Is there a {color} shape?" — yes for a present colour, no for one drawn from `negatives`."""
+    """ "Is there a {color} shape?" — yes for a present colour, no for one drawn from `negatives`."""
     present = sorted(scene.colors)
     absent = [c for c in (negatives or palette) if c not in scene.colors and c != scene.background]
     if present and (not absent or rng.random() < 0.5):
-        return QA(f"Is there a {rng.choice(present)} shape in the image?", "yes", "existence", ("yes", "no"))
+        return QA(
+            f"Is there a {rng.choice(present)} shape in the image?",
+            "yes",
+            "existence",
+            ("yes", "no"),
+        )
     if not absent:
         return None
-    return QA(f"Is there a {rng.choice(absent)} shape in the image?", "no", "existence", ("yes", "no"))
+    return QA(
+        f"Is there a {rng.choice(absent)} shape in the image?", "no", "existence", ("yes", "no")
+    )
 
 
 Asker = Callable[[random.Random, Scene, Sequence[str]], QA | None]

@@ -122,7 +122,9 @@ def render(scene: Scene) -> Image.Image:
     for s in scene.shapes:
         fill = COLORS[s.color]
         if s.kind == "circle":
-            draw.ellipse([s.cx - s.radius, s.cy - s.radius, s.cx + s.radius, s.cy + s.radius], fill=fill)
+            draw.ellipse(
+                [s.cx - s.radius, s.cy - s.radius, s.cx + s.radius, s.cy + s.radius], fill=fill
+            )
         elif s.kind == "square":
             half = s.radius / math.sqrt(2) * 1.2
             draw.rectangle([s.cx - half, s.cy - half, s.cx + half, s.cy + half], fill=fill)
@@ -131,7 +133,9 @@ def render(scene: Scene) -> Image.Image:
         elif s.kind == "star":
             draw.polygon(_star_points(s, points=5, inner=0.45), fill=fill)
         else:
-            raise ValueError(f"unknown shape kind {s.kind!r}; known: circle, square, triangle, star")
+            raise ValueError(
+                f"unknown shape kind {s.kind!r}; known: circle, square, triangle, star"
+            )
     if scene.glyph is not None:
         g = scene.glyph
         font = ImageFont.load_default(size=g.size)
