@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -124,20 +125,9 @@ def merge_only(params: Params) -> FeatureReport:
 
 
 def _encode(
-    params: Params,
-    tower: VisionTower,
-    sources: list[Source],
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    workers: int = 0,
-    streams: int = 1,
-    verify: bool = False,
-    encode: bool = True,
-    merge: bool = True,
-    progress: Progress | None = None,
-    on_plan: Callable[[int], None] | None = None,
+    params: Params, tower: VisionTower, sources: list[Source], **options: Any
 ) -> FeatureReport:
+    """`encode_features` with the params' output folder, shard size, batch and strictness."""
     d = params.data
     return encode_features(
         sources,
@@ -146,13 +136,5 @@ def _encode(
         shard_mb=d.shard_mb,
         batch_size=d.encode_batch,
         strict=d.strict,
-        rank=rank,
-        world_size=world_size,
-        workers=workers,
-        streams=streams,
-        verify=verify,
-        encode=encode,
-        merge=merge,
-        progress=progress,
-        on_plan=on_plan,
+        **options,
     )
