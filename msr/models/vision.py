@@ -118,8 +118,7 @@ class VisionTower(nn.Module):
                 f"makes them (it normalises them itself); got {pixels.dtype} {tuple(pixels.shape)}"
             )
         pixels = pixels.to(self.device)  # 0..255 are exact in bf16 and fp32: folded, a cast will do
-        folded = self.folded
-        pixels = pixels.to(self.dtype) if folded else normalize(pixels, self.spec, self.dtype)
+        pixels = pixels.to(self.dtype) if self.folded else normalize(pixels, self.spec, self.dtype)
         out = self.tower(pixel_values=pixels, output_hidden_states=True)
         features = out.hidden_states[self.keep]  # (B, 1 + N, d) for CLIP, (B, N, d) for SigLIP
         if self.has_cls and self.select == "patch":
