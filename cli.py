@@ -388,13 +388,13 @@ def predict(
     """Answer one question about one image with a trained model."""
     from msr.eval.benchmarks import ImageRef, Question
     from msr.eval.generate import GenerationArgs, Generator
-    from msr.models.load import load_mllm
+    from msr.models.mllm import MLLM
 
     p = _load(params, set_)
     if not image.exists():
         raise _fail(f"image {image} does not exist")
     try:
-        loaded = load_mllm(model or Path(p.paths.finetune), dtype=p.eval.dtype)
+        loaded = MLLM.from_pretrained(model or Path(p.paths.finetune), dtype=p.eval.dtype)
     except FileNotFoundError as err:
         raise _fail(str(err)) from None
     generator = Generator(loaded, GenerationArgs(max_new_tokens=p.eval.max_new_tokens))

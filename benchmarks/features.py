@@ -31,10 +31,10 @@ from msr.data.features import Source, encode_features
 from msr.data.llava import read_llava_json
 from msr.data.streams import default_streams, ordered_map
 from msr.models.preprocess import prepare
-from msr.models.vision import VisionTower
 from msr.profile.environment import environment
 from msr.utils.io import atomic_write_json, atomic_write_text
 from msr.utils.memory import retain_freed_memory
+from stages.features import tower_of
 
 
 def main() -> None:
@@ -80,7 +80,7 @@ def run(params, work: Path, n_images: int, repeats: int, workers: int, streams: 
         params = parse_params(raw)
         synth.run(params)
         models.run(params)
-    d, v = params.data, params.vision
+    d = params.data
     records = [r for r in read_llava_json(d.instruct_json, d.instruct_images).records if r.image][
         :n_images
     ]
@@ -97,9 +97,7 @@ def run(params, work: Path, n_images: int, repeats: int, workers: int, streams: 
             ]
         )
     )
-    tower = VisionTower(
-        v.model, feature_layer=v.feature_layer, select=v.select, aspect=v.aspect, dtype=v.dtype
-    )
+    tower = tower_of(params)
     root = Path(d.instruct_images)
     from PIL import Image
 
@@ -163,22 +161,19 @@ def run(params, work: Path, n_images: int, repeats: int, workers: int, streams: 
 
 
 def loader_rate(params, features: Path) -> dict:  # type: ignore[no-untyped-def]
-    from transformers import AutoTokenizer
-
     from msr.data.loader import ExampleStream
+    from msr.models.configs import vision_grid
+    from msr.models.llm import load_template, load_tokenizer
     from msr.projectors import projector_class
 
-    tok = AutoTokenizer.from_pretrained(params.llm.model)
+    tok = load_tokenizer(params.llm.model, gguf_file=params.llm.gguf_file)
     p = params.projector
-    m = (
-        params.vision.grid[0] * params.vision.grid[1]
-        if projector_class(p.name).keeps_all_tokens
-        else p.num_queries
-    )
+    grid = vision_grid(params.vision)
+    m = grid[0] * grid[1] if projector_class(p.name).keeps_all_tokens else p.num_queries
     ds = ExampleStream(
         sorted(str(s) for s in features.glob("*.tar")),
         tokenizer=tok,
-        template=params.llm.template,
+        template=load_template(params.llm.template, tok, params.llm.model, params.llm.system),
         num_image_tokens=m,
         max_length=params.llm.max_length,
         batch_size=params.finetune.per_device_batch,

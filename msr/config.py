@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DType = Literal["fp32", "bf16", "fp16"]
-Template = Literal["plain", "vicuna_v1", "chatml"]
+Template = Literal["plain", "vicuna_v1", "chatml", "chat_template"]
 Category = Literal["local_attribute", "glyph", "counting", "spatial", "existence", "global"]
 
 
@@ -83,40 +83,40 @@ class Data(Section):
 
 
 class VisionBuild(Section):
-    """Config of a tower built from scratch (the tiny preset): CLIP vision, random init, fixed seed."""
+    """Config of a tower built from scratch (the tiny preset): random init, fixed seed."""
 
+    family: Literal["clip", "siglip", "dinov2"] = "clip"
     hidden_size: int = Field(gt=0)
     num_layers: int = Field(gt=0)
     num_heads: int = Field(gt=0)
     intermediate_size: int = Field(gt=0)
+    patch_size: int = Field(14, gt=0)
     seed: int = 0
 
 
 class Vision(Section):
-    """The frozen vision tower and which of its features the projector sees."""
+    """The frozen vision backbone and which of its features the projector sees. Its width, patch
+    size and so the grid come from the backbone itself (msr.models.vision), not from params."""
 
-    model: str  # HF hub id or local path
+    model: str  # HF hub id, local path, or pip:PACKAGE/SUBPATH (a directory an installed package ships)
     revision: str | None = None
-    feature_layer: int = -2  # HF hidden_states index; −2 = penultimate block, before post-LN
+    source: str | None = (
+        None  # an ONNX file `msr models` converts into `model` (small-real's DINOv2)
+    )
+    feature_layer: int = -2  # HF hidden_states index; −2 = penultimate block, before any final norm
     select: Literal["patch", "cls_patch"] = "patch"
-    image_size: int = Field(336, gt=0)
-    patch_size: int = Field(14, gt=0)
+    image_size: int = Field(336, gt=0)  # the resolution images are resized to
     aspect: Literal["pad", "crop"] = "pad"  # LLaVA-1.5 `image_aspect_ratio`
     dtype: DType = "bf16"
     build: VisionBuild | None = None
 
     @model_validator(mode="after")
-    def _grid_divides(self) -> Vision:
-        if self.image_size % self.patch_size:
+    def _one_origin(self) -> Vision:
+        if self.build is not None and self.source is not None:
             raise ValueError(
-                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
+                "vision.build and vision.source are exclusive: build a tower or convert one"
             )
         return self
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        side = self.image_size // self.patch_size
-        return side, side
 
 
 class LLMBuild(Section):
@@ -133,9 +133,11 @@ class LLMBuild(Section):
 class LLM(Section):
     """The language model and its conversation template."""
 
-    model: str  # HF hub id or local path
+    model: str  # HF hub id, local path, or pip:PACKAGE (a directory an installed package ships)
     revision: str | None = None
+    gguf_file: str | None = None  # a GGUF file inside `model`, loaded (dequantised) with gguf_file=
     template: Template = "vicuna_v1"
+    system: str | None = None  # the system prompt; None: the template's own (none for chatml)
     max_length: int = Field(2048, gt=0)
     dtype: DType = "bf16"
     build: LLMBuild | None = None
@@ -292,12 +294,13 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _built_models_live_under_paths_models(self) -> Params:
-        for name, section in (("vision", self.vision), ("llm", self.llm)):
+        made = (("vision", self.vision, "build"), ("vision", self.vision, "source"))
+        for name, section, origin in (*made, ("llm", self.llm, "build")):
             expected = f"{self.paths.models}/{name}"
-            if section.build is not None and section.model.rstrip("/") != expected:
+            if getattr(section, origin) is not None and section.model.rstrip("/") != expected:
                 raise ValueError(
-                    f"{name}.build is set, so {name}.model must be {expected!r} (where the models stage "
-                    f"saves it), got {section.model!r}"
+                    f"{name}.{origin} is set, so {name}.model must be {expected!r} (where the models "
+                    f"stage saves it), got {section.model!r}"
                 )
         return self
 

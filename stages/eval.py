@@ -13,7 +13,7 @@ from msr.config import Params
 from msr.eval.answers import answer_records, read_answers, write_answers
 from msr.eval.benchmarks import make_benchmark
 from msr.eval.generate import GenerationArgs, Generator, ResponseCache
-from msr.models.load import load_mllm
+from msr.models.mllm import MLLM
 from msr.report.eval import render, summarize
 from msr.utils.io import atomic_write_json, atomic_write_text
 
@@ -37,7 +37,7 @@ def _ticker(
 def run(params: Params, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     e = params.eval
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load_mllm(params.paths.finetune, dtype=e.dtype, device=device)
+    loaded = MLLM.from_pretrained(params.paths.finetune, dtype=e.dtype, device=device)
     out = Path(params.paths.eval)
     generator = Generator(
         loaded,

@@ -12,7 +12,7 @@ import torch
 from msr.config import Params
 from msr.data.features import FeatureReport, Progress, Source, encode_features
 from msr.data.streams import default_streams
-from msr.models.vision import VisionTower
+from msr.models.vision import VisionBackbone, load_vision
 from msr.utils.memory import retain_freed_memory
 
 
@@ -38,23 +38,19 @@ def encode_device(device: str = "auto") -> torch.device:
     return torch.device("cuda", local)
 
 
-def tower_of(params: Params, device: torch.device | str = "cpu") -> VisionTower:
-    """The frozen tower the params describe; its grid must be the params' grid."""
+def tower_of(params: Params, device: torch.device | str = "cpu") -> VisionBackbone:
+    """The frozen backbone the params describe, at the requested resolution."""
     v = params.vision
-    tower = VisionTower(
+    return load_vision(
         v.model,
         revision=v.revision,
         feature_layer=v.feature_layer,
         select=v.select,
+        image_size=v.image_size,
         aspect=v.aspect,
         dtype=v.dtype,
         device=device,
     )
-    if tower.grid != v.grid:
-        raise ValueError(
-            f"vision tower grid {tower.grid} != params grid {v.grid} (image_size/patch_size)"
-        )
-    return tower
 
 
 def sources_of(params: Params) -> list[Source]:
@@ -125,7 +121,7 @@ def merge_only(params: Params) -> FeatureReport:
 
 
 def _encode(
-    params: Params, tower: VisionTower, sources: list[Source], **options: Any
+    params: Params, tower: VisionBackbone, sources: list[Source], **options: Any
 ) -> FeatureReport:
     """`encode_features` with the params' output folder, shard size, batch and strictness."""
     d = params.data

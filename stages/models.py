@@ -1,5 +1,6 @@
-"""Stage `models`: build the tiny preset's models offline (when `*.build` is set) and record which
-models the pipeline uses in `${paths.models}/models.json`."""
+"""Stage `models`: build the tiny preset's models offline (when `*.build` is set), convert an ONNX
+vision backbone (`vision.source`, small-real's DINOv2), and record which models the pipeline uses
+in `${paths.models}/models.json`."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from msr.config import Params
+from msr.models.convert_onnx import convert_dinov2_onnx
 from msr.models.tiny import build_llm, build_vision, corpus, train_tokenizer
 from msr.utils.io import atomic_write_json
+from msr.utils.resources import resolve
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
@@ -27,13 +30,16 @@ def run(params: Params) -> dict[str, Any]:
     manifest: dict[str, Any] = {}
     v, m = params.vision, params.llm
     if v.build is not None:
-        model, processor = build_vision(v.build, v.image_size, v.patch_size)
+        model, processor = build_vision(v.build, v.image_size)
         tmp = out / ".vision.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         _replace_dir(tmp, out / "vision")
         manifest["vision"] = {"built": True, "path": v.model, "config": v.build.model_dump()}
+    elif v.source is not None:
+        check = convert_dinov2_onnx(Path(resolve(v.source)), out / "vision")
+        manifest["vision"] = {"converted": v.source, "path": v.model, "check": check}
     else:
         manifest["vision"] = {"built": False, "model": v.model, "revision": v.revision}
     if m.build is not None:

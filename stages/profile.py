@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from msr.config import Params
+from msr.models.configs import vision_grid
 from msr.profile.analytic import CONVENTIONS, analytic_profile
 from msr.profile.measure import measure
 from msr.projectors import PROJECTORS, projector_class
@@ -25,7 +26,8 @@ def analytic(params: Params) -> dict[str, Any]:
 def run(params: Params) -> dict[str, Any]:
     active = analytic_profile(params)
     rows, not_run = [], []
-    n = params.vision.grid[0] * params.vision.grid[1]
+    grid = vision_grid(params.vision)
+    n = grid[0] * grid[1]
     for name in params.profile.projectors or sorted(PROJECTORS):
         budgets = [n] if projector_class(name).keeps_all_tokens else params.profile.budgets
         opts = params.projector.options.get(name, {})

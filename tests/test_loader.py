@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from msr.config import Params, parse_params
 from msr.data.loader import ExampleStream, shards_for_rank
+from msr.data.templates import make_template
 from msr.data.tokenize import IGNORE_INDEX, BadSample
 from stages import features
 
@@ -30,7 +31,7 @@ def tokenizer(tiny_workspace: Params):  # type: ignore[no-untyped-def]
 def stream(shards: list[str], tokenizer, **kw) -> ExampleStream:  # type: ignore[no-untyped-def]
     args = dict(
         tokenizer=tokenizer,
-        template="vicuna_v1",
+        template=make_template("vicuna_v1", tokenizer),
         num_image_tokens=36,
         max_length=256,
         batch_size=4,
@@ -102,7 +103,7 @@ def test_no_shards() -> None:
         ExampleStream(
             [],
             tokenizer=None,
-            template="vicuna_v1",
+            template=make_template("plain"),
             num_image_tokens=36,
             max_length=8,
             batch_size=1,

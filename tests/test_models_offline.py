@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionModel,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersModel,
+)
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from msr.config import Params
-from msr.data.templates import prompt, render
+from msr.config import Params, VisionBuild
+from msr.data.templates import make_template
 from msr.models.preprocess import (
     ImageSpec,
     expand_to_square,
@@ -20,7 +30,8 @@ from msr.models.preprocess import (
     preprocess,
     stack_hwc,
 )
-from msr.models.vision import VisionTower, fold_normalization
+from msr.models.tiny import build_vision
+from msr.models.vision import describe_vision, fold_normalization, load_vision
 
 
 @pytest.fixture(autouse=True)
@@ -46,18 +57,104 @@ def test_llm_and_tokenizer_round_trip(tiny_workspace: Params, tmp_path) -> None:
 
 def test_chat_template_matches_msr_templates(tiny_workspace: Params) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_workspace.llm.model)
+    vicuna = make_template("vicuna_v1", tok)
     messages = [{"role": "user", "content": "<image>\nQ?"}, {"role": "assistant", "content": "A"}]
     assert (
         tok.apply_chat_template(messages, tokenize=False)
-        == render((("human", "<image>\nQ?"), ("gpt", "A")), "vicuna_v1").text
+        == vicuna.render((("human", "<image>\nQ?"), ("gpt", "A"))).text
     )
     assert tok.apply_chat_template(
         messages[:1], tokenize=False, add_generation_prompt=True
-    ) == prompt("Q?", "vicuna_v1")
+    ) == vicuna.prompt("Q?")
+
+
+FAMILIES = [("clip", 336), ("clip", 224), ("siglip", 336), ("dinov2", 336), ("dinov2", 224)]
+
+
+def family_tower(root: Path, family: str, native: int) -> str:
+    """A tiny random tower of `family`, native at `native` px, saved with its HF processor."""
+    path = root / f"{family}-{native}"
+    if not path.exists():
+        build = VisionBuild(
+            family=family, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64
+        )
+        model, processor = build_vision(build, native)
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("towers")
+
+
+@pytest.mark.parametrize(("family", "native"), FAMILIES)
+def test_features_equal_hf_model_and_processor(towers: Path, family: str, native: int) -> None:
+    """fp32, 336 px requested: msr's features equal HF's image processor + HF model (its hidden
+    state −2, prefix tokens dropped, position embeddings interpolated where native ≠ 336). The
+    image is square, so LLaVA's pad-to-square (not an HF processor step) does not enter."""
+    path = family_tower(towers, family, native)
+    ours = load_vision(path, image_size=336, dtype="fp32")
+    assert ours.family == family and ours.grid == (24, 24) and ours.embed_dim == 32
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (500, 500, 3), dtype=np.uint8))
+    processor = AutoImageProcessor.from_pretrained(path)
+    sizes = (
+        {"size": {"height": 336, "width": 336}}
+        if family == "siglip"
+        else {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}}
+    )
+    pixels = processor(img, return_tensors="pt", **sizes)["pixel_values"]
+    hf = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    extra = {} if family == "dinov2" else {"interpolate_pos_encoding": native != 336}
+    with torch.no_grad():
+        hidden = hf(pixel_values=pixels, output_hidden_states=True, **extra).hidden_states[-2]
+    expected = hidden[:, 0 if family == "siglip" else 1 :]
+    got = ours(prepare(img, ours.spec)[None])
+    assert got.shape == expected.shape == (1, 576, 32)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("family", "native"), [("clip", 336), ("siglip", 336), ("dinov2", 224)])
+def test_describe_equals_the_loaded_backbone(towers: Path, family: str, native: int) -> None:
+    path = family_tower(towers, family, native)
+    fp, width, grid = describe_vision(path, image_size=336, dtype="bf16")
+    tower = load_vision(path, image_size=336, dtype="bf16")
+    assert (fp, width, grid) == (tower.fingerprint(), tower.embed_dim, tower.grid)
+    assert fp["family"] == family and fp["resolution"] == 336
+
+
+def test_dinov2_registers_and_cls_patch(towers: Path) -> None:
+    """Register tokens sit between CLS and the patches: dropped for `patch`, and for `cls_patch`
+    CLS is kept in front of the patches."""
+    config = Dinov2WithRegistersConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=56,
+        patch_size=14,
+        num_register_tokens=4,
+    )
+    path = towers / "dinov2-registers"
+    Dinov2WithRegistersModel(config).save_pretrained(path)
+    patch = load_vision(str(path), image_size=56, dtype="fp32")
+    both = load_vision(str(path), image_size=56, dtype="fp32", select="cls_patch")
+    assert patch.num_prefix_tokens == 5 and patch.family == "dinov2_with_registers"
+    x = torch.randint(0, 256, (2, 3, 56, 56), dtype=torch.uint8)
+    assert patch(x).shape == (2, 16, 32) and both(x).shape == (2, 17, 32)
+    torch.testing.assert_close(both(x)[:, 1:], patch(x))
+
+
+def test_siglip_has_no_cls_and_no_pooling_head(towers: Path) -> None:
+    path = family_tower(towers, "siglip", 336)
+    with pytest.raises(ValueError, match="select='cls_patch': a siglip backbone has no CLS token"):
+        load_vision(path, select="cls_patch")
+    tower = load_vision(path, dtype="fp32")
+    assert not any("head" in name for name, _ in tower.named_modules())
 
 
 def test_vision_tower_loads_and_drops_unused_blocks(tiny_workspace: Params) -> None:
-    tower = VisionTower(tiny_workspace.vision.model, feature_layer=-2, dtype="fp32")
+    tower = load_vision(tiny_workspace.vision.model, feature_layer=-2, dtype="fp32")
     x = torch.randint(
         0, 256, (2, 3, 336, 336), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
@@ -67,14 +164,13 @@ def test_vision_tower_loads_and_drops_unused_blocks(tiny_workspace: Params) -> N
         out = hf(pixel_values=normalize(x, tower.spec), output_hidden_states=True)
     # HF's layer −2 on HF-normalised pixels, CLS dropped; the tower folds the normalisation in
     torch.testing.assert_close(tower(x), out.hidden_states[-2][:, 1:], rtol=1e-4, atol=1e-4)
-    assert len(tower.tower.encoder.layers) == tiny_workspace.vision.build.num_layers - 1  # type: ignore[union-attr]
+    assert len(tower.model.encoder.layers) == tiny_workspace.vision.build.num_layers - 1  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="uint8 images"):
         tower(normalize(x, tower.spec))  # already-normalised floats would be normalised twice
-    assert VisionTower(tiny_workspace.vision.model, select="cls_patch", dtype="fp32")(x).shape == (
-        2,
-        577,
-        64,
-    )
+    with pytest.raises(ValueError, match=r"uint8 images \(B, 3, 336, 336\)"):
+        tower(x[:, :, :224, :224])  # another resolution than the backbone was set up for
+    cls_patch = load_vision(tiny_workspace.vision.model, select="cls_patch", dtype="fp32")
+    assert cls_patch(x).shape == (2, 577, 64)
 
 
 def test_folded_normalisation_equals_normalise_then_conv() -> None:
@@ -94,7 +190,7 @@ def test_folded_normalisation_equals_normalise_then_conv() -> None:
 
 def test_bf16_tower_error_is_within_twice_hfs_own(tiny_workspace: Params) -> None:
     """The fold rounds the scaled weights and the bias once more than HF's bf16 path does."""
-    tower = VisionTower(tiny_workspace.vision.model, dtype="bf16")
+    tower = load_vision(tiny_workspace.vision.model, dtype="bf16")
     path = tiny_workspace.vision.model
     x = torch.randint(
         0, 256, (4, 3, 336, 336), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
@@ -114,31 +210,42 @@ def test_bf16_tower_error_is_within_twice_hfs_own(tiny_workspace: Params) -> Non
 
 
 def test_fp16_tower_normalises_instead_of_folding(tiny_workspace: Params) -> None:
-    fp16 = VisionTower(
-        tiny_workspace.vision.model, dtype="fp16"
-    )  # fp16 compute is GPU work: load only
-    bf16 = VisionTower(tiny_workspace.vision.model, dtype="bf16")
+    path = tiny_workspace.vision.model
+    fp16 = load_vision(path, dtype="fp16")  # fp16 compute is GPU work: load only
+    bf16 = load_vision(path, dtype="bf16")
     assert not fp16.folded and bf16.folded
     assert "folded" not in fp16.fingerprint()["preprocessing"]
     assert "folded" in bf16.fingerprint()["preprocessing"]
-    theirs = CLIPVisionModel.from_pretrained(tiny_workspace.vision.model, dtype=torch.float16)
+    theirs = CLIPVisionModel.from_pretrained(path, dtype=torch.float16)
     state = theirs.state_dict()
-    for name, p in fp16.tower.state_dict().items():  # the patch embedding included: HF's own
+    for name, p in fp16.model.state_dict().items():  # the patch embedding included: HF's own
         assert torch.equal(p, state[name]), name
 
 
 def test_fingerprint_changes_with_what_changes_features(tiny_workspace: Params) -> None:
-    a = VisionTower(tiny_workspace.vision.model).fingerprint()
-    b = VisionTower(tiny_workspace.vision.model, feature_layer=-1).fingerprint()
-    assert a["id"] != b["id"] and a["weights"] == b["weights"]
-    assert a == VisionTower(tiny_workspace.vision.model).fingerprint()
+    path = tiny_workspace.vision.model
+    a = load_vision(path).fingerprint()
+    b = load_vision(path, feature_layer=-1).fingerprint()
+    c = load_vision(path, image_size=224).fingerprint()
+    assert a["id"] != b["id"] and a["weights"] == b["weights"] and a["id"] != c["id"]
+    assert a == load_vision(path).fingerprint()
 
 
 def test_bad_vision_options(tiny_workspace: Params) -> None:
+    path = tiny_workspace.vision.model
     with pytest.raises(ValueError, match="feature_layer=9"):
-        VisionTower(tiny_workspace.vision.model, feature_layer=9)
+        load_vision(path, feature_layer=9)
     with pytest.raises(ValueError, match="select='cls'"):
-        VisionTower(tiny_workspace.vision.model, select="cls")
+        load_vision(path, select="cls")
+    with pytest.raises(
+        ValueError, match="image_size=330 is not a multiple of the clip patch size 14"
+    ):
+        load_vision(path, image_size=330)
+
+
+def test_unknown_vision_family_names_the_known_ones(tiny_workspace: Params) -> None:
+    with pytest.raises(ValueError, match=r"model_type 'llama'; supported: clip, .*dinov2.*siglip"):
+        load_vision(tiny_workspace.llm.model)
 
 
 @pytest.mark.parametrize("size", [(336, 336), (500, 300), (300, 500), (100, 80)])

@@ -12,33 +12,51 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from msr.config import Params, parse_params
+from msr.models.configs import llm_config, vision_config
+from msr.models.vision import vision_class
 from msr.presets import load_preset
 from msr.profile.analytic import (
     analytic_profile,
     kv_cache_bytes,
     llm_macs_formula,
+    vision_backbone,
     vision_macs_formula,
-    vision_tower,
 )
-from msr.profile.configs import llm_config, vision_config
 from msr.profile.flops import counted_macs
 from msr.profile.measure import measure
 
 KEYS = {"visual_tokens", "projector_macs", "llm_macs", "kv_cache_bytes", "params"}
 
 
-def test_counts_on_real_tensors_match_closed_forms(tiny_workspace: Params) -> None:
-    """flop_counter on the tiny model's real modules is within 1% of the closed-form formulas."""
-    vcfg, lcfg = vision_config(tiny_workspace.vision), llm_config(tiny_workspace.llm)
-    tower = vision_tower(vcfg, -2)
+@pytest.mark.parametrize(("family", "native"), [("clip", 336), ("siglip", 336), ("dinov2", 224)])
+def test_counts_on_real_tensors_match_closed_forms(
+    tiny_workspace: Params, family: str, native: int
+) -> None:
+    """flop_counter on a tiny backbone of each family (DINOv2 interpolating its position embeddings
+    from 224 to 336 px) and the tiny LLM is within 1% of the closed-form formulas."""
+    from msr.models.tiny import vision_config as tiny_vision_config
+
+    v = tiny_workspace.vision
+    assert v.build is not None
+    vcfg = tiny_vision_config(v.build.model_copy(update={"family": family}), native)
+    lcfg = llm_config(tiny_workspace.llm)
+    tower = vision_class(vcfg).from_config(vcfg, image_size=336)
     llm = AutoModelForCausalLM.from_config(lcfg)
+    pixels = torch.randint(0, 256, (1, 3, 336, 336), dtype=torch.uint8)
     with torch.no_grad():
-        vision = counted_macs(lambda: tower(pixel_values=torch.randn(1, 3, 336, 336)))
+        vision = counted_macs(lambda: tower(pixels))
         decoder = counted_macs(
             lambda: llm.model(inputs_embeds=torch.randn(1, 36, lcfg.hidden_size), use_cache=True)
         )
-    assert vision == pytest.approx(vision_macs_formula(vcfg, -2), rel=0.01)
+    assert tower.grid == (24, 24)
+    assert vision == pytest.approx(vision_macs_formula(vcfg, -2, 336), rel=0.01)
     assert decoder == pytest.approx(llm_macs_formula(lcfg, 36), rel=0.01)
+
+
+def test_analytic_profile_builds_the_params_backbone(tiny_workspace: Params) -> None:
+    with torch.device("meta"):
+        tower = vision_backbone(tiny_workspace.vision)
+    assert tower.family == "clip" and tower.grid == (24, 24) and tower.embed_dim == 64
 
 
 def test_analytic_on_meta_equals_real_tensor_counts(tiny_workspace: Params) -> None:
@@ -62,7 +80,9 @@ def test_real_presets_profile_offline(preset: str, llm_params: int) -> None:
     assert a["llm_macs"] == llm_macs_formula(cfg, 144) and a["kv_cache_bytes"] == kv_cache_bytes(
         cfg, 144
     )
-    assert a["vision_macs"] == vision_macs_formula(vision_config(load_preset(preset).vision), -2)
+    assert a["vision_macs"] == vision_macs_formula(
+        vision_config(load_preset(preset).vision), -2, 336
+    )
     mlp = analytic_profile(load_preset(preset), projector="mlp")
     assert mlp["visual_tokens"] == 576 and mlp["kv_cache_bytes"] == 4 * a["kv_cache_bytes"]
 

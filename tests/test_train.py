@@ -60,7 +60,7 @@ def test_stage1_trains_only_the_projector(workspace: Params, tmp_path: Path) -> 
     torch.manual_seed(0)
     from msr.train.loop import build_projector_for
 
-    fresh, _ = build_projector_for(p, 64, 128)
+    fresh, _ = build_projector_for(p, 64, 128, (24, 24))
     assert any(not torch.equal(trained[k], v) for k, v in fresh.state_dict().items())
     assert json.loads((out / "projector.json").read_text())["name"] == "ms_resampler"
 

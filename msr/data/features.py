@@ -38,7 +38,7 @@ from msr.data.shards import (
 from msr.data.streams import ordered_map
 from msr.data.tar_writer import ShardWriter
 from msr.models.preprocess import ImageSpec, prepare_hwc, stack_hwc
-from msr.models.vision import VisionTower
+from msr.models.vision import VisionBackbone
 from msr.utils.io import atomic_file, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,12 @@ def _collate(batch: list[Any]) -> list[Any]:
 
 
 def plan(
-    sources: Sequence[Source], tower: VisionTower, shard_mb: int, strict: bool
+    sources: Sequence[Source], tower: VisionBackbone, shard_mb: int, strict: bool
 ) -> tuple[list[ShardPlan], dict[str, Path], list[Skip]]:
     """Shard plans of every split, the image root of each split, and the reader's skips."""
     plans: list[ShardPlan] = []
     roots, skips = {}, []
-    per_shard = items_per_shard(shard_mb, tower.num_tokens, tower.hidden_size)
+    per_shard = items_per_shard(shard_mb, tower.num_tokens, tower.embed_dim)
     for src in sources:
         # images are opened once, when decoded for encoding; a missing or unreadable file is
         # skipped (or an error when strict) there, with the same reasons the reader would give
@@ -125,7 +125,7 @@ def plan(
 def encode_features(
     sources: Sequence[Source],
     out: Path,
-    tower: VisionTower,
+    tower: VisionBackbone,
     *,
     shard_mb: int,
     batch_size: int,
@@ -196,7 +196,7 @@ def encode_features(
 def _encode(
     todo: list[ShardPlan],
     out: Path,
-    tower: VisionTower,
+    tower: VisionBackbone,
     roots: dict[str, Path],
     batch_size: int,
     workers: int,
@@ -278,7 +278,7 @@ def _spans(n: int, batch_size: int, streams: int) -> list[list[int]]:
 
 def _feature_stream(
     items: Sequence[tuple[Item, Path]],
-    tower: VisionTower,
+    tower: VisionBackbone,
     batch_size: int,
     workers: int,
     streams: int,

@@ -22,6 +22,7 @@ import webdataset as wds
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from msr.data.templates import Template
 from msr.data.tokenize import IGNORE_INDEX, BadSample, encode
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class ExampleStream(IterableDataset[Batch]):
         shards: Sequence[str],
         *,
         tokenizer: Any,
-        template: str,
+        template: Template,
         num_image_tokens: int,
         max_length: int,
         batch_size: int,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from msr.data.templates import IMAGE_TOKEN, TemplateError, render
+from msr.data.templates import IMAGE_TOKEN, Template, TemplateError
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN_INDEX = -200
@@ -56,17 +56,16 @@ def encode(
     key: str,
     turns: Sequence[tuple[str, str]],
     tokenizer: Any,
-    template: str,
+    template: Template,
     num_image_tokens: int,
     max_length: int,
     has_image: bool,
-    system: str | None = None,
 ) -> Encoded:
     """Render, tokenize, expand the image to `num_image_tokens` positions, mask, truncate."""
     try:
-        rendered = render(turns, template, system)
+        rendered = template.render(turns)
     except TemplateError as err:
-        raise BadSample(f"{key}: template {template!r}: {err}") from None
+        raise BadSample(f"{key}: template {template.name!r}: {err}") from None
     if rendered.text.count(IMAGE_TOKEN) != int(has_image):
         raise BadSample(
             f"{key}: {rendered.text.count(IMAGE_TOKEN)} '<image>' tokens in the rendered text, "

@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 
-from msr.data.templates import prompt as build_prompt
-from msr.data.templates import stop_strings
 from msr.data.tokenize import IMAGE_TOKEN_INDEX, tokenize_with_image
 from msr.eval.benchmarks.base import ImageRef, Question
-from msr.models.load import LoadedModel
+from msr.models.mllm import MLLM
 from msr.models.preprocess import prepare
 
 log = logging.getLogger(__name__)
@@ -69,20 +67,25 @@ class ResponseCache:
 
 class Generator:
     def __init__(
-        self, loaded: LoadedModel, args: GenerationArgs, cache: ResponseCache | None = None
+        self, model: MLLM, args: GenerationArgs, cache: ResponseCache | None = None
     ) -> None:
-        self.m, self.args, self.cache = loaded, args, cache
-        tok = loaded.tokenizer
+        if model.tokenizer is None or model.template is None:
+            raise ValueError(
+                "generation needs the model's tokenizer and template (MLLM.from_pretrained)"
+            )
+        self.m, self.args, self.cache = model, args, cache
+        self.template = model.template
+        tok = model.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         stops = {tok.eos_token_id}
-        for s in stop_strings(loaded.template):
+        for s in self.template.stop_strings:
             sid = tok.convert_tokens_to_ids(s) if s in tok.get_vocab() else None
             if sid is not None and sid != tok.unk_token_id:
                 stops.add(sid)
         self.stop_ids = sorted(i for i in stops if i is not None)
 
     def prompt(self, q: Question) -> str:
-        return build_prompt(q.text, self.m.template, has_image=q.image is not None)
+        return self.template.prompt(q.text, has_image=q.image is not None)
 
     def key(self, q: Question) -> str:
         image = _digest(q.image) if q.image is not None else ""
@@ -112,7 +115,7 @@ class Generator:
     @torch.no_grad()
     def generate(self, questions: Sequence[Question]) -> list[str]:
         """One left-padded batch, greedy."""
-        model, tok = self.m.model, self.m.tokenizer
+        model, tok = self.m, self.m.tokenizer
         M = model.num_image_tokens
         rows: list[list[int]] = []
         starts: list[int | None] = []
@@ -160,6 +163,6 @@ class Generator:
                 ids = ids[:n]
                 break
         text = self.m.tokenizer.decode(ids, skip_special_tokens=True)
-        for s in stop_strings(self.m.template):
+        for s in self.template.stop_strings:
             text = text.split(s)[0]
         return text.strip()

@@ -1,5 +1,5 @@
-"""The tiny preset's models, built offline: a CLIP vision tower and a Llama from configs with a fixed
-seed, and a byte-level BPE tokenizer trained on the synthetic text. All three are saved with
+"""The tiny preset's models, built offline: a vision tower (CLIP, SigLIP or DINOv2) and a Llama from
+configs with a fixed seed, and a byte-level BPE tokenizer trained on the synthetic text. All three are saved with
 `save_pretrained`, so later stages load them with `from_pretrained` exactly like hub models.
 """
 
@@ -14,16 +14,21 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPVisionConfig,
-    CLIPVisionModel,
+    Dinov2Config,
     LlamaConfig,
     LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
+    SiglipVisionConfig,
 )
+from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from msr.config import LLMBuild, VisionBuild
-from msr.data.templates import QWEN_SYSTEM, VICUNA_SYSTEM
-from msr.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from msr.data.templates import VICUNA_SYSTEM
+from msr.models.vision import VISION_BACKBONES
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>", "<|im_start|>", "<|im_end|>"]
 
@@ -40,8 +45,6 @@ CHAT_TEMPLATES = {
         "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
     ),
     "chatml": (
-        "{%- if messages[0]['role'] != 'system' -%}"
-        "{{ '<|im_start|>system\\n" + QWEN_SYSTEM + "<|im_end|>\\n' }}{%- endif -%}"
         "{%- for m in messages -%}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
         "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
     ),
@@ -52,7 +55,6 @@ CHAT_TEMPLATES = {
 def corpus(json_files: Iterable[Path]) -> Iterator[str]:
     """Every conversation turn of LLaVA-format training json, plus the template strings."""
     yield VICUNA_SYSTEM
-    yield QWEN_SYSTEM
     yield "USER: ASSISTANT: system user assistant"
     for path in json_files:
         for record in json.loads(Path(path).read_text()):
@@ -90,14 +92,26 @@ def train_tokenizer(
     )
 
 
-def vision_config(cfg: VisionBuild, image_size: int, patch_size: int) -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
+def vision_config(cfg: VisionBuild, image_size: int) -> PretrainedConfig:
+    """The HF config of a tiny tower of `cfg.family`, native at `image_size`."""
+    d, layers, heads, inter = cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size
+    if cfg.family == "dinov2":
+        return Dinov2Config(
+            hidden_size=d,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            mlp_ratio=inter // d,
+            image_size=image_size,
+            patch_size=cfg.patch_size,
+        )
+    family = {"clip": CLIPVisionConfig, "siglip": SiglipVisionConfig}[cfg.family]
+    return family(
+        hidden_size=d,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         image_size=image_size,
-        patch_size=patch_size,
+        patch_size=cfg.patch_size,
     )
 
 
@@ -124,17 +138,27 @@ def llm_config(
     )
 
 
-def build_vision(cfg: VisionBuild, image_size: int, patch_size: int) -> tuple[CLIPVisionModel, Any]:
-    """A randomly initialised CLIP vision tower and its image processor (OpenAI CLIP normalisation)."""
-    config = vision_config(cfg, image_size, patch_size)
+def build_vision(cfg: VisionBuild, image_size: int) -> tuple[PreTrainedModel, Any]:
+    """A randomly initialised tower of `cfg.family` and the image processor of that family
+    (CLIP's, SigLIP's, DINOv2's normalisation), both sized for `image_size`."""
+    config = vision_config(cfg, image_size)
+    family = VISION_BACKBONES[config.model_type]
     torch.manual_seed(cfg.seed)
-    model = CLIPVisionModel(config)
-    processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size},
-        crop_size={"height": image_size, "width": image_size},
-        image_mean=list(OPENAI_CLIP_MEAN),
-        image_std=list(OPENAI_CLIP_STD),
-    )
+    model = family.model_class(config)
+    mean, std = list(family.mean), list(family.std)
+    processor: Any
+    if cfg.family == "siglip":
+        processor = SiglipImageProcessorPil(
+            size={"height": image_size, "width": image_size}, image_mean=mean, image_std=std
+        )
+    else:
+        kind = CLIPImageProcessorPil if cfg.family == "clip" else BitImageProcessorPil
+        processor = kind(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            image_mean=mean,
+            image_std=std,
+        )
     return model, processor
 
 

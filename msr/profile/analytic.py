@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
-from transformers import AutoModelForCausalLM, CLIPVisionModel, PretrainedConfig, SiglipVisionModel
+from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from msr.config import Params
-from msr.profile.configs import llm_config, vision_config
+from msr.config import Params, Vision
+from msr.models.configs import llm_config, vision_config, vision_grid
+from msr.models.vision import VisionBackbone, vision_class
 from msr.profile.flops import counted_macs
 from msr.projectors import build_projector, projector_class
 
@@ -37,11 +37,12 @@ def kept_layers(vcfg: PretrainedConfig, feature_layer: int) -> int:
     return feature_layer % (vcfg.num_hidden_layers + 1)
 
 
-def vision_tower(vcfg: PretrainedConfig, feature_layer: int) -> nn.Module:
-    tower = SiglipVisionModel(vcfg) if "siglip" in vcfg.model_type else CLIPVisionModel(vcfg)  # type: ignore[arg-type]
-    encoder = getattr(tower, "vision_model", tower).encoder
-    encoder.layers = encoder.layers[: kept_layers(vcfg, feature_layer)]
-    return tower
+def vision_backbone(v: Vision) -> VisionBackbone:
+    """The backbone of `v` from its config alone (random weights: build it on the meta device)."""
+    vcfg = vision_config(v)
+    return vision_class(vcfg, v.model).from_config(
+        vcfg, feature_layer=v.feature_layer, select=v.select, image_size=v.image_size
+    )
 
 
 def head_dim(cfg: PretrainedConfig) -> int:
@@ -63,11 +64,14 @@ def llm_macs_formula(cfg: PretrainedConfig, tokens: int) -> int:
     return cfg.num_hidden_layers * per_layer
 
 
-def vision_macs_formula(vcfg: PretrainedConfig, feature_layer: int) -> int:
-    """Closed form of `vision_macs` for CLIP towers (CLS + patches)."""
-    d, inter, p = vcfg.hidden_size, vcfg.intermediate_size, vcfg.patch_size
-    n = (vcfg.image_size // p) ** 2
-    seq = n + 1
+def vision_macs_formula(vcfg: PretrainedConfig, feature_layer: int, image_size: int) -> int:
+    """Closed form of `vision_macs` for a pre-LN ViT with a GELU MLP (CLIP, SigLIP, DINOv2): patch
+    embedding, then per block QKV + output projections, MLP, and attention over prefix + patches."""
+    d, p = vcfg.hidden_size, vcfg.patch_size
+    inter = getattr(vcfg, "intermediate_size", None) or int(vcfg.mlp_ratio * d)
+    n = (image_size // p) ** 2
+    prefix = int(vision_class(vcfg).has_cls) + (getattr(vcfg, "num_register_tokens", 0) or 0)
+    seq = n + prefix
     per_layer = 4 * seq * d * d + 2 * seq * d * inter + 2 * seq * seq * d
     return n * 3 * p * p * d + kept_layers(vcfg, feature_layer) * per_layer
 
@@ -87,25 +91,25 @@ def analytic_profile(
         if options is not None
         else (p.active_options if name == p.name else p.options.get(name, {}))
     )
-    vcfg, lcfg = vision_config(v), llm_config(params.llm)
-    grid = v.grid
+    lcfg = llm_config(params.llm)
+    grid = vision_grid(v)
     n = grid[0] * grid[1]
     m = n if projector_class(name).keeps_all_tokens else (num_queries or p.num_queries)
     text = params.profile.text_tokens
     with torch.device("meta"):
-        tower = vision_tower(vcfg, v.feature_layer)
+        tower = vision_backbone(v)
         proj = build_projector(
             name,
-            vision_dim=vcfg.hidden_size,
+            vision_dim=tower.embed_dim,
             llm_dim=lcfg.hidden_size,
             num_queries=m,
             grid=grid,
             **opts,
         )
         llm = AutoModelForCausalLM.from_config(lcfg)
-        pixels = torch.randn(1, 3, v.image_size, v.image_size)
+        pixels = torch.randint(0, 256, (1, 3, v.image_size, v.image_size), dtype=torch.uint8)
         features = torch.randn(1, n, proj.input_dim)
-        vision_macs = counted_macs(lambda: tower(pixel_values=pixels))
+        vision_macs = counted_macs(lambda: tower(pixels))
         projector_macs = counted_macs(lambda: proj(features))
         llm_macs = counted_macs(
             lambda: llm.model(inputs_embeds=torch.randn(1, m, lcfg.hidden_size), use_cache=True)

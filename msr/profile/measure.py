@@ -15,9 +15,9 @@ import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from msr.config import Params
+from msr.models.configs import llm_config, vision_grid
 from msr.models.vision import DTYPES
-from msr.profile.analytic import vision_tower
-from msr.profile.configs import llm_config, vision_config
+from msr.profile.analytic import vision_backbone
 from msr.profile.timing import time_round_robin
 from msr.projectors import build_projector
 
@@ -64,7 +64,7 @@ def measure(params: Params, configs: Iterable[tuple[str, int, dict[str, Any]]]) 
     prof, v = params.profile, params.vision
     dev = device()
     dtype = DTYPES[prof.dtype]
-    vcfg, lcfg = vision_config(v), llm_config(params.llm)
+    lcfg, grid = llm_config(params.llm), vision_grid(v)
     ok, why = fits(lcfg, dtype, dev)
     if not ok:
         return {"skipped": f"measured profile skipped: {why}"}
@@ -72,14 +72,14 @@ def measure(params: Params, configs: Iterable[tuple[str, int, dict[str, Any]]]) 
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(0)
     with dev:
-        tower = vision_tower(vcfg, v.feature_layer).to(dtype).eval()
+        tower = vision_backbone(v).to(dtype).eval()
         llm = AutoModelForCausalLM.from_config(lcfg, dtype=dtype).eval()
-    n = v.grid[0] * v.grid[1]
+    n = grid[0] * grid[1]
     out: dict[str, Any] = {"device": str(dev), "dtype": prof.dtype, "projectors": {}, "llm": {}}
     with torch.no_grad():
         pixels = torch.randn(1, 3, v.image_size, v.image_size, device=dev, dtype=dtype)
-        t = time_round_robin(
-            {"vision": lambda: tower(pixel_values=pixels)}, prof.repeats, prof.warmup
+        t = time_round_robin(  # normalised pixels straight into the family's HF call
+            {"vision": lambda: tower.hidden_states(pixels)}, prof.repeats, prof.warmup
         )["vision"]
         out["vision_ms"] = t.median_ms
         tokens = set()
@@ -87,10 +87,10 @@ def measure(params: Params, configs: Iterable[tuple[str, int, dict[str, Any]]]) 
             proj = (
                 build_projector(
                     name,
-                    vision_dim=vcfg.hidden_size,
+                    vision_dim=tower.embed_dim,
                     llm_dim=lcfg.hidden_size,
                     num_queries=m,
-                    grid=v.grid,
+                    grid=grid,
                     **opts,
                 )
                 .to(dev, dtype)

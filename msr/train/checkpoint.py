@@ -59,6 +59,21 @@ def save_projector(out: Path, projector: Projector, options: dict[str, Any]) -> 
     atomic_write_json(out / PROJECTOR_CONFIG, projector_config(projector, options))
 
 
+def build_from_config(cfg: dict[str, Any]) -> Projector:
+    """A freshly initialised projector of a `projector_config`."""
+    options = validate_options(cfg["name"], cfg["options"])
+    grid = tuple(cfg["grid"]) if cfg["grid"] else None
+    options.pop("grid", None)
+    return build_projector(
+        cfg["name"],
+        vision_dim=cfg["vision_dim"],
+        llm_dim=cfg["llm_dim"],
+        num_queries=cfg["num_queries"],
+        grid=grid,
+        **options,
+    )
+
+
 def load_projector(directory: Path, expected: dict[str, Any] | None = None) -> Projector:
     """Build the projector a checkpoint describes and load its weights (strict).
 
@@ -82,17 +97,7 @@ def load_projector(directory: Path, expected: dict[str, Any] | None = None) -> P
                 f"{directory} holds a different projector than the params describe: "
                 + "; ".join(diffs)
             )
-    options = validate_options(cfg["name"], cfg["options"])
-    grid = tuple(cfg["grid"]) if cfg["grid"] else None
-    options.pop("grid", None)
-    projector = build_projector(
-        cfg["name"],
-        vision_dim=cfg["vision_dim"],
-        llm_dim=cfg["llm_dim"],
-        num_queries=cfg["num_queries"],
-        grid=grid,
-        **options,
-    )
+    projector = build_from_config(cfg)
     state = load_file(directory / PROJECTOR_WEIGHTS)
     missing, unexpected = projector.load_state_dict(state, strict=False)
     if missing or unexpected:

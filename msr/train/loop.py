@@ -27,13 +27,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from msr.config import Params, Train
 from msr.data.loader import ExampleStream, shards_for_rank
 from msr.data.shards import read_manifest
-from msr.models.mllm import MLLM
-from msr.models.vision import DTYPES, describe_encoder
+from msr.models.llm import load_causal_lm, load_template, load_tokenizer
+from msr.models.mllm import MLLM, MLLMConfig
+from msr.models.vision import describe_vision
 from msr.projectors import Projector, build_projector, projector_class
 from msr.train import checkpoint as ckpt
 from msr.train.distributed import Topology, all_min, barrier, deepspeed_config, finish, topology
@@ -71,36 +71,35 @@ def stage_config(params: Params, stage: Stage) -> Train:
 
 
 def build_projector_for(
-    params: Params, vision_dim: int, llm_dim: int
+    params: Params, vision_dim: int, llm_dim: int, grid: tuple[int, int]
 ) -> tuple[Projector, dict[str, Any]]:
+    """The params' projector for a backbone of width `vision_dim` on `grid`."""
     p = params.projector
     options = p.active_options
-    n = params.vision.grid[0] * params.vision.grid[1]
-    m = n if projector_class(p.name).keeps_all_tokens else p.num_queries
+    m = grid[0] * grid[1] if projector_class(p.name).keeps_all_tokens else p.num_queries
     projector = build_projector(
-        p.name,
-        vision_dim=vision_dim,
-        llm_dim=llm_dim,
-        num_queries=m,
-        grid=params.vision.grid,
-        **options,
+        p.name, vision_dim=vision_dim, llm_dim=llm_dim, num_queries=m, grid=grid, **options
     )
     return projector, options
 
 
-def check_features(params: Params, split: str) -> tuple[list[str], dict[str, int], int]:
-    """The shards of `split`, examples per shard, and the feature width — or an error before training."""
+def check_features(
+    params: Params, split: str
+) -> tuple[list[str], dict[str, int], int, tuple[int, int]]:
+    """The shards of `split`, examples per shard, the feature width and grid — or an error before
+    training."""
     v = params.vision
     root = Path(params.paths.features)
     try:
         table, fingerprint = read_manifest(root)
     except FileNotFoundError as err:
         raise TrainingError(str(err)) from None
-    expected, width = describe_encoder(
+    expected, width, grid = describe_vision(
         v.model,
         revision=v.revision,
         feature_layer=v.feature_layer,
         select=v.select,
+        image_size=v.image_size,
         aspect=v.aspect,
         dtype=v.dtype,
     )
@@ -129,7 +128,7 @@ def check_features(params: Params, split: str) -> tuple[list[str], dict[str, int
             f"no {split} shards in {root}: the manifest lists none (run `msr features`)"
         )
     shards = [str(root / s) for s in sorted(counts)]
-    return shards, {str(root / s): n for s, n in counts.items()}, width
+    return shards, {str(root / s): n for s, n in counts.items()}, width, grid
 
 
 def cosine_with_warmup(
@@ -188,24 +187,30 @@ def _train(
 ) -> TrainResult:
     split = "pretrain" if stage == "pretrain" else "instruct"
     out = Path(params.paths.pretrain if stage == "pretrain" else params.paths.finetune)
-    shards, counts, vision_dim = check_features(params, split)
+    shards, counts, vision_dim, grid = check_features(params, split)
     mine = shards_for_rank(shards, topo.rank, topo.world_size)
     _seed(cfg.seed + topo.rank)
 
-    tokenizer = AutoTokenizer.from_pretrained(params.llm.model, revision=params.llm.revision)
-    llm_dtype = torch.float32 if cfg.train_llm else DTYPES[params.llm.dtype]
-    llm = AutoModelForCausalLM.from_pretrained(
-        params.llm.model, revision=params.llm.revision, dtype=llm_dtype
+    m = params.llm
+    tokenizer = load_tokenizer(m.model, revision=m.revision, gguf_file=m.gguf_file)
+    template = load_template(cfg.template or m.template, tokenizer, m.model, m.system)
+    llm = load_causal_lm(
+        m.model,
+        revision=m.revision,
+        gguf_file=m.gguf_file,
+        dtype="fp32" if cfg.train_llm else m.dtype,
     )
     llm.requires_grad_(cfg.train_llm)
     if cfg.gradient_checkpointing and cfg.train_llm:
         llm.gradient_checkpointing_enable()
-    projector, options = build_projector_for(params, vision_dim, llm.config.hidden_size)
+    projector, options = build_projector_for(params, vision_dim, llm.config.hidden_size, grid)
     if stage == "finetune":
         expected = ckpt.projector_config(projector, options)
         stage1 = ckpt.load_projector(Path(params.paths.pretrain), expected)
         projector.load_state_dict(stage1.state_dict())
-    model = MLLM(llm, projector).to(topo.device)
+    model = MLLM(
+        llm, projector, tokenizer=tokenizer, config=mllm_config(params, projector, options)
+    ).to(topo.device)
 
     micro_per_epoch = all_min(sum(counts[s] for s in mine) // cfg.per_device_batch, topo)
     steps_per_epoch = micro_per_epoch // cfg.grad_accum
@@ -258,7 +263,7 @@ def _train(
         stream = ExampleStream(
             mine,
             tokenizer=tokenizer,
-            template=cfg.template or params.llm.template,
+            template=template,
             num_image_tokens=model.num_image_tokens,
             max_length=params.llm.max_length,
             batch_size=cfg.per_device_batch,
@@ -346,7 +351,7 @@ def _train(
         if step < total:
             position.update(epoch=position["epoch"] + 1, micro=0)
 
-    states = _save_final(params, stage, out, model, projector, options, tokenizer, engine, topo)
+    states = _save_final(params, stage, out, model, options, engine, topo)
     if trace_dir is not None:
         trace_dir.mkdir(parents=True, exist_ok=True)
         (trace_dir / f"samples-rank{topo.rank}.txt").write_text("".join(k + "\n" for k in seen))
@@ -516,64 +521,44 @@ def _save_final(
     stage: Stage,
     out: Path,
     model: MLLM,
-    projector: Projector,
     options: dict[str, Any],
-    tokenizer: Any,
     engine: Any,
     topo: Topology,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Write the stage's artifacts from rank 0; returns the full (gathered) states every rank holds."""
-    proj_state = _full_state(projector, engine)
+    """Write the stage's artifacts from rank 0 — the projector alone (stage 1) or the whole model
+    (stage 2) — and return the full (gathered) states every rank holds."""
+    proj_state = _full_state(model.projector, engine)
     llm_state = _full_state(model.llm, engine) if stage == "finetune" else None
     if topo.main:
-        projector_cpu = (
-            projector
-            if engine is None or not engine.zero_optimization_partition_weights()
-            else None
-        )
-        if projector_cpu is None:
-            projector_cpu, _ = build_projector_for(params, projector.vision_dim, projector.llm_dim)
-            projector_cpu.load_state_dict(proj_state)
-        ckpt.save_projector(out, projector_cpu, options)
-        if llm_state is not None:
-            save_llm(out / "llm", model.llm, llm_state, tokenizer, params.llm.dtype)
-            atomic_write_json(out / "mllm.json", mllm_manifest(params, projector, options))
+        if llm_state is None:
+            assert model.config is not None
+            projector = ckpt.build_from_config(model.config.projector)
+            projector.load_state_dict(proj_state)
+            ckpt.save_projector(out, projector, options)
+        else:
+            model.save_pretrained(
+                out, dtype=params.llm.dtype, llm_state=llm_state, projector_state=proj_state
+            )
     barrier(topo)
     return {"projector": proj_state, **({"llm": llm_state} if llm_state is not None else {})}
 
 
-def save_llm(
-    directory: Path, llm: nn.Module, state: dict[str, torch.Tensor], tokenizer: Any, dtype: str
-) -> None:
-    """save_pretrained in `dtype`, safetensors, sharded above 5 GB, with the tokenizer — atomically."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    cast = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in state.items()}
-    llm.save_pretrained(tmp, state_dict=cast, max_shard_size="5GB", safe_serialization=True)  # type: ignore[operator]
-    cfg_path = tmp / "config.json"
-    config = json.loads(cfg_path.read_text())
-    config["dtype"] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
-    cfg_path.write_text(json.dumps(config, indent=2))
-    tokenizer.save_pretrained(tmp)
-    if directory.exists():
-        shutil.rmtree(directory)
-    tmp.rename(directory)
-
-
-def mllm_manifest(params: Params, projector: Projector, options: dict[str, Any]) -> dict[str, Any]:
-    """How to put the saved model back together: vision tower, template, projector, LLM."""
-    v = params.vision
-    return {
-        "vision": {
+def mllm_config(params: Params, projector: Projector, options: dict[str, Any]) -> MLLMConfig:
+    """How the trained model is put back together: vision backbone, base LLM, template, projector."""
+    v, m = params.vision, params.llm
+    return MLLMConfig(
+        vision={
             "model": v.model,
             "revision": v.revision,
             "feature_layer": v.feature_layer,
             "select": v.select,
+            "image_size": v.image_size,
             "aspect": v.aspect,
             "dtype": v.dtype,
         },
-        "llm": "llm",
-        "template": params.finetune.template or params.llm.template,
-        "max_length": params.llm.max_length,
-        "projector": ckpt.projector_config(projector, options),
-    }
+        llm={"model": m.model, "revision": m.revision, "gguf_file": m.gguf_file},
+        template=params.finetune.template or m.template,
+        system=m.system,
+        max_length=m.max_length,
+        projector=ckpt.projector_config(projector, options),
+    )

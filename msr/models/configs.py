@@ -1,0 +1,72 @@
+"""Model configs without weights: a local model directory, a config shipped with msr for the real
+presets' hub ids (msr/presets/configs/), or the tiny preset's build params — so the geometry and
+the analytic profile of any preset are known offline, before anything is loaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import AutoConfig, PretrainedConfig
+
+from msr.config import LLM, Vision
+from msr.models import tiny
+from msr.models.vision import VisionBackbone, vision_class
+from msr.utils.resources import resolve
+
+SHIPPED = Path(__file__).resolve().parents[1] / "presets" / "configs"
+
+
+def shipped_path(model: str) -> Path:
+    return SHIPPED / f"{model.replace('/', '__')}.json"
+
+
+def vision_config(v: Vision) -> PretrainedConfig:
+    """The vision part of the backbone's config."""
+    local = Path(v.model)
+    if (local / "config.json").exists():
+        config = AutoConfig.from_pretrained(local)
+    elif shipped_path(v.model).exists():
+        raw = json.loads(shipped_path(v.model).read_text())
+        config = AutoConfig.for_model(raw.pop("model_type"), **raw)
+    elif v.build is not None:
+        config = tiny.vision_config(v.build, v.image_size)
+    else:
+        raise ValueError(_missing("vision", v.model))
+    return vision_class(config, v.model).vision_config(config)
+
+
+def vision_family(v: Vision) -> type[VisionBackbone]:
+    return vision_class(vision_config(v), v.model)
+
+
+def vision_grid(v: Vision) -> tuple[int, int]:
+    """The (H, W) patch grid the backbone produces at `v.image_size` — the projector's grid."""
+    patch = int(vision_config(v).patch_size)
+    if v.image_size % patch:
+        raise ValueError(
+            f"vision.image_size={v.image_size} is not a multiple of {v.model}'s patch size {patch}"
+        )
+    return v.image_size // patch, v.image_size // patch
+
+
+def llm_config(m: LLM) -> PretrainedConfig:
+    local = Path(resolve(m.model)) if m.model.startswith("pip:") else Path(m.model)
+    if m.gguf_file is not None and local.is_dir():
+        return AutoConfig.from_pretrained(local, gguf_file=m.gguf_file)
+    if (local / "config.json").exists():
+        return AutoConfig.from_pretrained(local)
+    if shipped_path(m.model).exists():
+        raw = json.loads(shipped_path(m.model).read_text())
+        return AutoConfig.for_model(raw.pop("model_type"), **raw)
+    if m.build is not None:
+        return tiny.llm_config(m.build, m.build.vocab_size, m.max_length)
+    raise ValueError(_missing("llm", m.model))
+
+
+def _missing(section: str, model: str) -> str:
+    return (
+        f"no config for {section}.model={model!r}: not a local model directory, not shipped with msr "
+        f"(known: {', '.join(p.stem.replace('__', '/') for p in sorted(SHIPPED.glob('*.json')))}); "
+        f"pass a local path or add {shipped_path(model).name} to {SHIPPED}"
+    )
