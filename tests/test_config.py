@@ -12,7 +12,7 @@ from msr.config import ParamsError, load_params, parse_params
 from msr.models.configs import vision_grid
 from msr.presets import list_presets, load_preset, preset_path, preset_text
 
-PRESETS = ["llava15-13b", "llava15-7b", "qwen25-3b", "tiny"]
+PRESETS = ["llava15-13b", "llava15-7b", "qwen25-3b", "small-real", "tiny"]
 
 
 def tiny_raw() -> dict[str, Any]:
