@@ -33,10 +33,10 @@ small-real: setup-small-real  ## make the small-real preset the active params, t
 	msr preset use small-real
 	dvc repro
 
-test: setup  ## the default test suite (fast, CPU)
+test: setup-small-real  ## the default test suite (fast, CPU; the small-real weights included)
 	$(PY) -m pytest -q
 
-test-all: setup  ## include slow tests (multi-process, long runs)
+test-all: setup-small-real  ## include slow tests (multi-process, long runs)
 	$(PY) -m pytest -q -m "slow or not slow"
 
 check: setup  ## lint, format check, type check, fast tests

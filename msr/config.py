@@ -105,6 +105,7 @@ class Vision(Section):
     )
     feature_layer: int = -2  # HF hidden_states index; −2 = penultimate block, before any final norm
     select: Literal["patch", "cls_patch"] = "patch"
+    final_norm: bool = False  # apply the backbone's final LayerNorm to the chosen layer
     image_size: int = Field(336, gt=0)  # the resolution images are resized to
     aspect: Literal["pad", "crop"] = "pad"  # LLaVA-1.5 `image_aspect_ratio`
     dtype: DType = "bf16"
@@ -120,8 +121,9 @@ class Vision(Section):
 
 
 class LLMBuild(Section):
-    """Config of a Llama built from scratch (the tiny preset), with its own trained BPE tokenizer."""
+    """Config of an LLM built from scratch (the tiny preset), with its own trained BPE tokenizer."""
 
+    family: Literal["llama", "qwen2"] = "llama"
     hidden_size: int = Field(gt=0)
     num_layers: int = Field(gt=0)
     num_heads: int = Field(gt=0)

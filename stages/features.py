@@ -49,6 +49,7 @@ def tower_of(params: Params, device: torch.device | str = "cpu") -> VisionBackbo
         image_size=v.image_size,
         aspect=v.aspect,
         dtype=v.dtype,
+        final_norm=v.final_norm,
         device=device,
     )
 

@@ -115,6 +115,19 @@ def test_features_equal_hf_model_and_processor(towers: Path, family: str, native
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["clip", "siglip", "dinov2"])
+def test_final_norm_applies_the_familys_last_layernorm(towers: Path, family: str) -> None:
+    path = family_tower(towers, family, 336)
+    plain = load_vision(path, dtype="fp32")
+    normed = load_vision(path, dtype="fp32", final_norm=True)
+    norm = normed.model.get_submodule(normed.norm_path)
+    x = torch.randint(0, 256, (2, 3, 336, 336), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(normed(x), norm(plain(x)))
+    assert normed.fingerprint()["final_norm"] is True and "final_norm" not in plain.fingerprint()
+    assert describe_vision(path, dtype="fp32", final_norm=True)[0] == normed.fingerprint()
+
+
 @pytest.mark.parametrize(("family", "native"), [("clip", 336), ("siglip", 336), ("dinov2", 224)])
 def test_describe_equals_the_loaded_backbone(towers: Path, family: str, native: int) -> None:
     path = family_tower(towers, family, native)

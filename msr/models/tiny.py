@@ -1,6 +1,7 @@
-"""The tiny preset's models, built offline: a vision tower (CLIP, SigLIP or DINOv2) and a Llama from
-configs with a fixed seed, and a byte-level BPE tokenizer trained on the synthetic text. All three are saved with
-`save_pretrained`, so later stages load them with `from_pretrained` exactly like hub models.
+"""The tiny preset's models, built offline: a vision tower (CLIP, SigLIP or DINOv2) and an LLM
+(Llama or Qwen2) from configs with a fixed seed, and a byte-level BPE tokenizer trained on the
+synthetic text. All three are saved with `save_pretrained`, so later stages load them with
+`from_pretrained` exactly like hub models.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoModelForCausalLM,
     CLIPVisionConfig,
     Dinov2Config,
     LlamaConfig,
-    LlamaForCausalLM,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    Qwen2Config,
     SiglipVisionConfig,
 )
 from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
@@ -122,8 +124,10 @@ def llm_config(
     bos_token_id: int | None = None,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
-) -> LlamaConfig:
-    return LlamaConfig(
+) -> PretrainedConfig:
+    """A Llama or Qwen2 (biased QKV) decoder config sized by `cfg`."""
+    family = {"llama": LlamaConfig, "qwen2": Qwen2Config}[cfg.family]
+    return family(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -164,8 +168,8 @@ def build_vision(cfg: VisionBuild, image_size: int) -> tuple[PreTrainedModel, An
 
 def build_llm(
     cfg: LLMBuild, tokenizer: PreTrainedTokenizerFast, max_length: int
-) -> LlamaForCausalLM:
-    """A randomly initialised Llama sized by `cfg`, its vocabulary the tokenizer's."""
+) -> PreTrainedModel:
+    """A randomly initialised Llama or Qwen2 sized by `cfg`, its vocabulary the tokenizer's."""
     config = llm_config(
         cfg,
         len(tokenizer),
@@ -175,6 +179,6 @@ def build_llm(
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model

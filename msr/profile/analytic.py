@@ -41,7 +41,11 @@ def vision_backbone(v: Vision) -> VisionBackbone:
     """The backbone of `v` from its config alone (random weights: build it on the meta device)."""
     vcfg = vision_config(v)
     return vision_class(vcfg, v.model).from_config(
-        vcfg, feature_layer=v.feature_layer, select=v.select, image_size=v.image_size
+        vcfg,
+        feature_layer=v.feature_layer,
+        select=v.select,
+        image_size=v.image_size,
+        final_norm=v.final_norm,
     )
 
 

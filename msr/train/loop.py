@@ -102,6 +102,7 @@ def check_features(
         image_size=v.image_size,
         aspect=v.aspect,
         dtype=v.dtype,
+        final_norm=v.final_norm,
     )
     if fingerprint.get("id") != expected["id"]:
         diffs = [
@@ -555,6 +556,7 @@ def mllm_config(params: Params, projector: Projector, options: dict[str, Any]) -
             "image_size": v.image_size,
             "aspect": v.aspect,
             "dtype": v.dtype,
+            "final_norm": v.final_norm,
         },
         llm={"model": m.model, "revision": m.revision, "gguf_file": m.gguf_file},
         template=params.finetune.template or m.template,

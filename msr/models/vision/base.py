@@ -3,7 +3,7 @@
 The backbone, not params, knows its width d, patch size, native resolution and image transform
 (prismatic's `base_vision.py` is the model: https://github.com/TRI-ML/prismatic-vlms). It keeps the
 blocks up to `feature_layer` (HF `hidden_states` index; −2: the penultimate block, before any final
-norm, as LLaVA), drops the prefix tokens (CLS, registers) or keeps CLS + patches, and folds the
+norm, as LLaVA; `final_norm` applies the family's last LayerNorm to it), drops the prefix tokens (CLS, registers) or keeps CLS + patches, and folds the
 image normalisation into its patch embedding where that is exact (fold.py). A family is a subclass
 that names where its blocks and patch conv live and how many prefix tokens it has.
 """
@@ -34,6 +34,7 @@ class VisionBackbone(nn.Module):
     model_class: ClassVar[type[PreTrainedModel]]
     blocks_path: ClassVar[str]  # the nn.ModuleList of transformer blocks
     patch_path: ClassVar[str]  # the patch-embedding conv
+    norm_path: ClassVar[str]  # the final LayerNorm (after the last block)
     has_cls: ClassVar[bool] = True
     mean: ClassVar[tuple[float, float, float]]  # the family's normalisation, when no processor
     std: ClassVar[tuple[float, float, float]]  # is saved beside the weights
@@ -49,6 +50,7 @@ class VisionBackbone(nn.Module):
         select: str = "patch",
         dtype: str = "fp32",
         fold: bool = True,
+        final_norm: bool = False,
     ) -> None:
         super().__init__()
         if select not in SELECTS:
@@ -59,6 +61,9 @@ class VisionBackbone(nn.Module):
             raise ValueError(f"dtype={dtype!r}; accepted: {', '.join(DTYPES)}")
         self.model, self.spec, self.name, self.revision = model, spec, name, revision
         self.feature_layer, self.select, self.dtype_name = feature_layer, select, dtype
+        self.final_norm = final_norm
+        # the family's final LayerNorm applied to the chosen layer (DINOv2's high-norm tokens tamed)
+        self.out_norm = model.get_submodule(self.norm_path) if final_norm else nn.Identity()
         vcfg = model.config
         depth = vcfg.num_hidden_layers
         if not -(depth + 1) <= feature_layer <= depth:
@@ -98,6 +103,7 @@ class VisionBackbone(nn.Module):
         image_size: int | None = None,
         aspect: str = "pad",
         dtype: str = "bf16",
+        final_norm: bool = False,
         device: str | torch.device = "cpu",
     ) -> VisionBackbone:
         """Load the weights of a hub id or local directory (revision pinned)."""
@@ -114,6 +120,7 @@ class VisionBackbone(nn.Module):
             feature_layer=feature_layer,
             select=select,
             dtype=dtype,
+            final_norm=final_norm,
         )
         return backbone.to(device)
 
@@ -125,13 +132,22 @@ class VisionBackbone(nn.Module):
         feature_layer: int = -2,
         select: str = "patch",
         image_size: int | None = None,
+        final_norm: bool = False,
     ) -> VisionBackbone:
         """Randomly initialised, fp32, no normalisation fold: build it under `torch.device("meta")`
         to count its cost without weights."""
         vcfg = cls.vision_config(config)
         spec = ImageSpec(image_size or int(vcfg.image_size), cls.mean, cls.std)
         hf = cls.model_class(vcfg)
-        return cls(hf, spec, feature_layer=feature_layer, select=select, dtype="fp32", fold=False)
+        return cls(
+            hf,
+            spec,
+            feature_layer=feature_layer,
+            select=select,
+            dtype="fp32",
+            fold=False,
+            final_norm=final_norm,
+        )
 
     @classmethod
     def vision_config(cls, config: PretrainedConfig) -> PretrainedConfig:
@@ -224,7 +240,7 @@ class VisionBackbone(nn.Module):
             )
         pixels = pixels.to(self.device)  # 0..255 are exact in bf16 and fp32: folded, a cast will do
         pixels = pixels.to(self.dtype) if self.folded else normalize(pixels, self.spec, self.dtype)
-        h = self.hidden_states(pixels)[self.keep]  # (B, prefix + H·W, d)
+        h = self.out_norm(self.hidden_states(pixels)[self.keep])  # (B, prefix + H·W, d)
         patches = h[:, self.num_prefix_tokens :]
         if self.select == "cls_patch":
             return torch.cat([h[:, :1], patches], dim=1)  # (B, 1 + H·W, d)
@@ -242,5 +258,6 @@ class VisionBackbone(nn.Module):
                 self.select,
                 self.dtype_name,
                 self.spec,
+                self.final_norm,
             )
         return dict(self._fingerprint)

@@ -15,5 +15,6 @@ class CLIPBackbone(VisionBackbone):
     model_types = ("clip", "clip_vision_model")
     model_class = CLIPVisionModel
     blocks_path = "encoder.layers"
+    norm_path = "post_layernorm"
     patch_path = "embeddings.patch_embedding"
     mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD

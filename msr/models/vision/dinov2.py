@@ -21,6 +21,7 @@ class DINOv2Backbone(VisionBackbone):
     model_types = ("dinov2",)
     model_class: ClassVar[type[PreTrainedModel]] = Dinov2Model
     blocks_path = "encoder.layer"
+    norm_path = "layernorm"
     patch_path = "embeddings.patch_embeddings.projection"
     mean, std = IMAGENET_MEAN, IMAGENET_STD
 

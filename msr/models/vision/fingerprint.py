@@ -19,8 +19,10 @@ def encoder_fingerprint(
     select: str,
     dtype: str,
     spec: ImageSpec,
+    final_norm: bool = False,
 ) -> dict[str, Any]:
-    """The fields that determine a feature; `id` is a short hash of all of them."""
+    """The fields that determine a feature; `id` is a short hash of all of them. `final_norm` is
+    recorded only when set, so fingerprints of features without it keep their id."""
     fp: dict[str, Any] = {
         "model": model,
         "revision": revision,
@@ -33,6 +35,8 @@ def encoder_fingerprint(
         + (" (folded into the patch embedding)" if folds_normalization(dtype) else ""),
         "dtype": dtype,
     }
+    if final_norm:
+        fp["final_norm"] = True
     fp["id"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
     return fp
 

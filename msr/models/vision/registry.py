@@ -46,6 +46,7 @@ def describe_vision(
     image_size: int | None = None,
     aspect: str = "pad",
     dtype: str = "bf16",
+    final_norm: bool = False,
 ) -> tuple[dict[str, Any], int, tuple[int, int]]:
     """(fingerprint, width d, grid) of a backbone from its config and image processor alone — no
     weights loaded. Equal to what the loaded backbone reports (tested)."""
@@ -56,6 +57,8 @@ def describe_vision(
     vcfg = cls.vision_config(config)
     spec = cls.image_spec(model, revision, config, image_size, aspect)
     commit = revision or getattr(config, "_commit_hash", None)
-    fp = encoder_fingerprint(model, commit, cls.family, feature_layer, select, dtype, spec)
+    fp = encoder_fingerprint(
+        model, commit, cls.family, feature_layer, select, dtype, spec, final_norm
+    )
     side = spec.size // int(vcfg.patch_size)
     return fp, int(vcfg.hidden_size), (side, side)

@@ -14,6 +14,7 @@ class SigLIPBackbone(VisionBackbone):
     model_types = ("siglip", "siglip_vision_model")
     model_class = SiglipVisionModel
     blocks_path = "encoder.layers"
+    norm_path = "post_layernorm"
     patch_path = "embeddings.patch_embedding"
     has_cls = False
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
