@@ -202,6 +202,14 @@ def features(
     from stages import features as stage
 
     p = _load(params, set_)
+    if not merge_only and rank is None:
+        argv = [*_common_argv("features", params, set_), "--device", device]
+        argv += [f"--workers={workers}"] if workers is not None else []
+        argv += [f"--streams={streams}"] if streams is not None else []
+        argv += ["--verify"] if verify else []
+        code = _relaunch(p.data.launcher, p.data.num_devices, argv)
+        if code is not None:
+            raise typer.Exit(code)
     try:
         if merge_only:
             report = stage.merge_only(p)
@@ -265,30 +273,41 @@ TraceOpt = Annotated[
 ]
 
 
-def _train_command(
+def _relaunch(launcher: str, num_devices: int, argv: list[str]) -> int | None:
+    """Exit code of `msr <argv>` run under the launcher; None when this process should do the work
+    itself (no launcher asked for, or already started by one)."""
+    from msr.train.distributed import inside_launcher, relaunch
+
+    if launcher == "none" or inside_launcher():
+        return None
+    return relaunch(launcher, num_devices, argv)
+
+
+def _common_argv(command: str, params: Path, set_: list[str] | None) -> list[str]:
+    return [command, "--params", str(params), *[f"--set={s}" for s in set_ or []]]
+
+
+def _train_stage(
     stage: str, params: Path, set_: list[str] | None, resume: str, trace: Path | None
-) -> None:
-    _setup_logging()
+) -> int:
+    """Run one stage (under its launcher when the params ask for one); returns an exit code."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from msr.data.skips import TooManySkips
     from msr.train.checkpoint import CheckpointError
-    from msr.train.loop import TrainingError
+    from msr.train.loop import TrainingError, stage_config
     from stages import train_stage
 
+    _setup_logging()
     if resume not in ("no", "auto", "yes"):
         raise _fail(f"--resume {resume!r}; accepted: no, auto, yes")
     p = _load(params, set_)
-    if train_stage.needs_launch(p, stage):  # type: ignore[arg-type]
-        argv = [
-            stage,
-            "--params",
-            str(params),
-            *[f"--set={s}" for s in set_ or []],
-            "--resume",
-            resume,
-        ]
-        argv += ["--trace-samples", str(trace)] if trace else []
-        raise typer.Exit(train_stage.relaunch(p, stage, argv))  # type: ignore[arg-type]
+    cfg = stage_config(p, stage)  # type: ignore[arg-type]
+    argv = [*_common_argv(stage, params, set_), "--resume", resume]
+    argv += ["--trace-samples", str(trace)] if trace else []
+    code = _relaunch(cfg.launcher, cfg.num_devices, argv)
+    if code is not None:
+        return code
     columns = (
         TextColumn(stage),
         BarColumn(),
@@ -313,12 +332,44 @@ def _train_command(
                 )
 
             result = train_stage.run(p, stage, resume=resume, progress=update, trace_dir=trace)  # type: ignore[arg-type]
-    except (TrainingError, CheckpointError, FileNotFoundError) as err:
+    except (TrainingError, CheckpointError, TooManySkips, FileNotFoundError) as err:
         raise _fail(str(err)) from None
     console.print(
         f"{stage}: {result.steps} steps, {result.samples} samples, loss {result.first_loss:.4f} -> "
-        f"{result.last_loss:.4f}, {result.seconds:.0f} s (data wait {result.data_wait_seconds:.1f} s)"
+        f"{result.last_loss:.4f}, {result.seconds:.0f} s (data wait {result.data_wait_seconds:.1f} s); "
+        f"skipped {result.skipped} unusable, {result.unused} read but not trained on"
     )
+    return 0
+
+
+def _train_command(
+    stage: str, params: Path, set_: list[str] | None, resume: str, trace: Path | None
+) -> None:
+    code = _train_stage(stage, params, set_, resume, trace)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("train")
+def train_(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    stage: Annotated[
+        int | None, typer.Option("--stage", help="1 or 2: run only that stage (default: both).")
+    ] = None,
+    resume: ResumeOpt = "no",
+    trace: TraceOpt = None,
+) -> None:
+    """Train: stage 1 (projector on the pretrain features) then stage 2 (projector + LLM on the
+    instruct features), each on the params' launcher and devices. Needs `msr features` first."""
+    if stage not in (None, 1, 2):
+        raise _fail(f"--stage {stage}; accepted: 1 (pretrain), 2 (finetune)")
+    stages = ["pretrain", "finetune"] if stage is None else [["pretrain", "finetune"][stage - 1]]
+    for name in stages:
+        code = _train_stage(name, params, set_, resume, trace / name if trace else None)
+        if code:
+            err_console.print(f"[red]error:[/red] {name} exited with code {code}", highlight=False)
+            raise typer.Exit(code)
 
 
 @app.command()
@@ -354,6 +405,9 @@ def eval_(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     from stages import eval as stage
 
     p = _load(params, set_)
+    code = _relaunch(p.eval.launcher, p.eval.num_devices, _common_argv("eval", params, set_))
+    if code is not None:
+        raise typer.Exit(code)
     try:
         with Progress(
             TextColumn("{task.description}"),
@@ -371,7 +425,7 @@ def eval_(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
             summary = stage.run(p, progress=update)
     except (BenchmarkMissing, AnswersError, FileNotFoundError, ValueError) as err:
         raise _fail(str(err)) from None
-    for name, value in summary["headline"].items():
+    for name, value in (summary or {}).get("headline", {}).items():  # rank 0 holds the summary
         console.print(f"{name}: {value:.2f}")
 
 
@@ -446,7 +500,28 @@ def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None
     sys.stdout.write(stage.run(_load(params, set_)))
 
 
+def strip_local_rank(argv: list[str]) -> list[str]:
+    """The DeepSpeed launcher starts `cli.py --local_rank=N <command> ...`; the rank is also in the
+    LOCAL_RANK environment variable, so the argument is dropped (set in the env when missing)."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--local_rank" and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+        elif arg.startswith("--local_rank="):
+            value, i = arg.partition("=")[2], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        import os
+
+        os.environ.setdefault("LOCAL_RANK", value)
+    return out
+
+
 def main() -> None:
+    sys.argv[1:] = strip_local_rank(sys.argv[1:])
     app()
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DType = Literal["fp32", "bf16", "fp16"]
 Template = Literal["plain", "vicuna_v1", "chatml", "chat_template"]
+Launcher = Literal["none", "torchrun", "deepspeed"]
 Category = Literal["local_attribute", "glyph", "counting", "spatial", "existence", "global"]
 
 
@@ -77,6 +78,13 @@ class Data(Section):
     instruct_json: str  # llava_v1_5_mix665k.json (or the synthetic instruct.json)
     instruct_images: str
     strict: bool = False  # a bad sample is an error instead of a skip-report entry
+    max_skip_share: float = Field(
+        0.01, ge=0, le=1
+    )  # a stage stops when more of its samples are bad
+    launcher: Launcher = (
+        "none"  # `msr features` on num_devices processes (shards split, then merged)
+    )
+    num_devices: int = Field(1, gt=0)
     shard_mb: int = Field(256, gt=0)
     encode_batch: int = Field(32, gt=0)
     synth: Synth
@@ -191,7 +199,7 @@ class Train(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     train_llm: bool = False
     gradient_checkpointing: bool = False
-    launcher: Literal["none", "torchrun", "deepspeed"] = "none"
+    launcher: Launcher = "none"
     deepspeed: str | None = None  # path of a DeepSpeed json config (ZeRO stage etc.)
     bf16: bool = True
     seed: int = 0
@@ -218,6 +226,10 @@ class Eval(Section):
     dtype: DType = "bf16"  # inference dtype of the LLM and projector
     limit: int | None = Field(None, gt=0)  # at most this many questions per benchmark (quick runs)
     reference: str | None = None  # a reports/eval.json to compute the paper's "Avg." against
+    launcher: Launcher = (
+        "none"  # `msr eval` on num_devices processes (questions split, answers merged)
+    )
+    num_devices: int = Field(1, gt=0)
 
     @field_validator("benchmarks", "synth")
     @classmethod

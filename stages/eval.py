@@ -7,8 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from msr.config import Params
 from msr.eval.answers import answer_records, read_answers, write_answers
 from msr.eval.benchmarks import make_benchmark
@@ -16,6 +14,7 @@ from msr.eval.generate import GenerationArgs, Generator, ResponseCache
 from msr.models.mllm import MLLM
 from msr.report.eval import render, summarize
 from msr.utils.io import atomic_write_json, atomic_write_text
+from stages.features import distributed_rank, encode_device
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +33,56 @@ def _ticker(
     return tick
 
 
-def run(params: Params, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+def run(
+    params: Params, progress: Callable[[str, int, int], None] | None = None
+) -> dict[str, Any] | None:
+    """Answer, score and report. Under a launcher (WORLD_SIZE > 1) each rank answers its share of
+    every benchmark's batches and rank 0 merges them in question order, scores and writes the
+    reports (its return value; the other ranks return None). The split follows the 1-process
+    batches, so each batch is the same and so are the answers."""
+    rank, world = distributed_rank()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+    try:
+        return _run(params, progress, rank, world)
+    finally:
+        if world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def _run(
+    params: Params,
+    progress: Callable[[str, int, int], None] | None,
+    rank: int,
+    world: int,
+) -> dict[str, Any] | None:
     e = params.eval
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = encode_device("auto")
     loaded = MLLM.from_pretrained(params.paths.finetune, dtype=e.dtype, device=device)
     out = Path(params.paths.eval)
+    cache = out / "cache"
     generator = Generator(
         loaded,
         GenerationArgs(max_new_tokens=e.max_new_tokens),
-        ResponseCache(out / "cache" / "responses.jsonl"),
+        ResponseCache(
+            cache / ("responses.jsonl" if world == 1 else f"responses-rank{rank}.jsonl"),
+            also=sorted(cache.glob("responses*.jsonl")),
+        ),
     )
     results: dict[str, Any] = {}
     for name in [*e.benchmarks, *e.synth]:
         bench = make_benchmark(name, e.root, params.paths.synth)
         questions = bench.questions(limit=e.limit)
-        predictions = generator.answer(
-            questions, e.batch_size, _ticker(progress, name, len(questions))
-        )
+        mine = share(len(questions), e.batch_size, rank, world)
+        tick = _ticker(progress if rank == 0 else None, name, len(mine))
+        answered = generator.answer([questions[i] for i in mine], e.batch_size, tick)
+        predictions = gather_answers(mine, answered, len(questions), world)
+        if rank != 0:
+            continue
         records = answer_records(questions, predictions, loaded.fingerprint)
         write_answers(out / name / "answers.jsonl", records)
         bench.write_answers(out / name, questions, records)
@@ -62,8 +94,31 @@ def run(params: Params, progress: Callable[[str, int, int], None] | None = None)
             "categories": bench.per_category(questions, scored),
         }
         log.info("%s: %s", name, {k: round(v, 2) for k, v in results[name]["metrics"].items()})
+    if rank != 0:
+        return None
     summary = summarize(results, params, loaded.fingerprint)
     reports = Path(params.paths.reports)
     atomic_write_json(reports / "eval.json", summary)
     atomic_write_text(reports / "eval.md", render(summary))
     return summary
+
+
+def share(n: int, batch_size: int, rank: int, world: int) -> list[int]:
+    """Question indices of `rank`: batches rank, rank + world, ... of the 1-process batching."""
+    starts = range(rank * batch_size, n, world * batch_size)
+    return [i for s in starts for i in range(s, min(s + batch_size, n))]
+
+
+def gather_answers(mine: list[int], answered: list[str], n: int, world: int) -> list[str]:
+    """Every rank's answers, back in question order (collective when world > 1)."""
+    if world == 1:
+        return answered
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, (mine, answered))
+    out = [""] * n
+    for idx, texts in parts:
+        for i, t in zip(idx, texts, strict=True):
+            out[i] = t
+    return out

@@ -113,6 +113,7 @@ def run(
         if rank == 0:
             _encode(params, tower, sources, encode=False)
         dist.barrier()
+        dist.destroy_process_group()
     return report
 
 

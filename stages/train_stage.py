@@ -7,7 +7,8 @@ from pathlib import Path
 
 from msr.config import Params
 from msr.train.distributed import inside_launcher, launch_command
-from msr.train.loop import Progress, Resume, Stage, TrainResult, stage_config, train
+from msr.train.loop import Progress, Stage, TrainResult, stage_config, train
+from msr.train.resume import Resume
 
 
 def needs_launch(params: Params, stage: Stage) -> bool:
@@ -17,7 +18,8 @@ def needs_launch(params: Params, stage: Stage) -> bool:
 
 def relaunch(params: Params, stage: Stage, argv: list[str]) -> int:
     """Start this same command under the launcher (torchrun / deepspeed); returns its exit code."""
-    return subprocess.call(launch_command(stage_config(params, stage), argv))
+    cfg = stage_config(params, stage)
+    return subprocess.call(launch_command(cfg.launcher, cfg.num_devices, argv))
 
 
 def run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from msr.config import Params, parse_params
-from msr.data.loader import ExampleStream, shards_for_rank
+from msr.data.loader import Batch, ExampleStream, shards_for_rank
 from msr.data.templates import make_template
 from msr.data.tokenize import IGNORE_INDEX, BadSample
 from stages import features
@@ -42,6 +43,10 @@ def stream(shards: list[str], tokenizer, **kw) -> ExampleStream:  # type: ignore
 
 def keys(ds: ExampleStream) -> list[str]:
     return [k for b in ds for k in b.keys]
+
+
+def skipped(batches: Iterable[Batch]) -> list[tuple[str, str]]:
+    return [s for b in batches for s in b.skipped]
 
 
 def test_same_seed_same_order(shards: list[str], tokenizer) -> None:  # type: ignore[no-untyped-def]
@@ -92,10 +97,30 @@ def test_bad_samples_strict_or_counted(shards: list[str], tokenizer) -> None:  #
     # max_length 60 cuts every image sample inside the supervised answers -> nothing to learn
     with pytest.raises(BadSample, match=r"every label is masked|cuts into the image"):
         list(stream(shards, tokenizer, max_length=60, strict=True))
-    ds = stream(shards, tokenizer, max_length=60)
-    survivors = keys(ds)
-    assert sum(ds.skips.counts.values()) > 0
+    batches = list(stream(shards, tokenizer, max_length=60, drop_last=False))
+    survivors = [k for b in batches for k in b.keys]
+    skips = skipped(batches)
+    assert skips and all(r.startswith("template: ") for _, r in skips)
     assert all(k.startswith("text_") for k in survivors)  # only short text-only samples fit
+    every = keys(stream(shards, tokenizer, drop_last=False))
+    assert sorted(survivors + [k for k, _ in skips]) == sorted(every)  # nothing lost silently
+
+
+def test_skips_reach_the_main_process_from_workers(shards: list[str], tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Skips met inside DataLoader workers travel on the batches (and a last empty one)."""
+    ds = stream(shards, tokenizer, max_length=60, batch_size=2)
+    in_process = list(ds)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2)
+    in_workers = list(loader)
+
+    def bad(batches: list[Batch]) -> list[tuple[str, str]]:
+        return sorted(s for s in skipped(batches) if s[1].startswith("template: "))
+
+    assert bad(in_workers) == bad(in_process) and bad(in_process)
+    assert "loader: incomplete last batch (drop_last)" in {r for _, r in skipped(in_process)}
+    trained = [k for b in in_workers for k in b.keys]
+    every = keys(stream(shards, tokenizer, drop_last=False))
+    assert sorted(trained + [k for k, _ in skipped(in_workers)]) == sorted(every)
 
 
 def test_no_shards() -> None:

@@ -55,8 +55,13 @@ def test_stage1_trains_only_the_projector(workspace: Params, tmp_path: Path) -> 
     assert sorted(f.name for f in out.iterdir()) == [
         "projector.json",
         "projector.safetensors",
-        "train.json",
+        "skips.json",
     ]
+    # 10 samples, batches of 4: each epoch's last 2 are read but not trained on, and named;
+    # the second epoch stops at max_steps, before its end, so nothing of it is reported
+    skips = json.loads((out / "skips.json").read_text())
+    assert skips["skipped_bad"] == 0 and skips["unused"] == 2 and skips["trained"] == 12
+    assert len(skips["keys"]["loader: incomplete last batch (drop_last)"]) == 2
     trained = load_file(out / "projector.safetensors")
     torch.manual_seed(0)
     from msr.train.loop import build_projector_for
@@ -199,7 +204,7 @@ def test_nan_loss_names_step_and_samples(
 
 
 def test_schedule_warms_up_then_decays() -> None:
-    from msr.train.loop import cosine_with_warmup
+    from msr.train.engine import cosine_with_warmup
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = cosine_with_warmup(opt, total=100, warmup_ratio=0.03)

@@ -4,14 +4,16 @@ by modality and length → padded batches.
 Deterministic: the order is a function of (shards, seed, epoch), so a resumed run can skip to the
 batch it stopped at and see the same data. Split across ranks by shard (`shards_for_rank`) and
 across DataLoader workers by shard. A sample that cannot be trained on (template cannot be split,
-every label masked) raises `BadSample` with its key, or is counted and skipped when not strict.
+every label masked) raises `BadSample` with its key, or, when not strict, is skipped and travels
+as a (key, reason) pair on the next batch (`Batch.skipped`) — so a skip met in a loader worker
+reaches the training process; a last, empty batch carries what is left at the end. The incomplete
+last batch is reported the same way (`loader: ...`). See msr.data.skips.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +24,7 @@ import webdataset as wds
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from msr.data.skips import reason_of
 from msr.data.templates import Template
 from msr.data.tokenize import IGNORE_INDEX, BadSample, encode
 
@@ -48,6 +51,9 @@ class Batch:
     image_mask: Tensor  # (B, T) bool: True on the M image positions of each image sample
     features: Tensor  # (I, N, d) fp16: the I image samples of the batch, in order
     keys: list[str]
+    skipped: list[tuple[str, str]] = field(
+        default_factory=list
+    )  # (key, reason) since the last batch
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
@@ -57,27 +63,18 @@ class Batch:
             self.image_mask.to(device),
             self.features.to(device),
             self.keys,
+            self.skipped,
         )
+
+    @classmethod
+    def only_skips(cls, skipped: list[tuple[str, str]]) -> Batch:
+        """An empty batch that carries skip reports (the end of a worker's stream)."""
+        empty = torch.zeros((0, 0), dtype=torch.long)
+        return cls(empty, empty, empty, empty.bool(), torch.empty(0), [], skipped)
 
     @property
     def tokens(self) -> int:
         return int(self.attention_mask.sum())
-
-
-@dataclass
-class Skips:
-    """Samples skipped when not strict, by reason, with a few example keys."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def add(self, err: BadSample) -> None:
-        key, _, reason = str(err).partition(": ")
-        kind = reason.split(":")[0][:80]
-        self.counts[kind] += 1
-        self.examples.setdefault(kind, [])
-        if len(self.examples[kind]) < 5:
-            self.examples[kind].append(key)
 
 
 def collate(examples: Sequence[Example], pad_id: int, num_image_tokens: int) -> Batch:
@@ -140,7 +137,7 @@ class ExampleStream(IterableDataset[Batch]):
         self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
         self.shuffle_buffer, self.group = shuffle_buffer, group_by_modality_length
         self.strict, self.drop_last = strict, drop_last
-        self.skips = Skips()
+        self.pending: list[tuple[str, str]] = []  # skips not yet handed out on a batch
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else tokenizer.eos_token_id
 
@@ -168,7 +165,7 @@ class ExampleStream(IterableDataset[Batch]):
                 except BadSample as err:
                     if self.strict:
                         raise
-                    self.skips.add(err)
+                    self.pending.append((key, f"template: {reason_of(str(err))}"))
                     continue
                 yield Example(
                     key, enc.input_ids, enc.labels, enc.image_start, feats if has_image else None
@@ -200,6 +197,8 @@ class ExampleStream(IterableDataset[Batch]):
                     batch = []
             if batch and not self.drop_last:
                 yield batch
+            elif batch:
+                self._unused(batch)
             return
         # LLaVA's group_by_modality_length: batches of one modality and similar length, in random
         # order; a window's incomplete batches carry over to the next window
@@ -214,8 +213,14 @@ class ExampleStream(IterableDataset[Batch]):
         batches, rest = self._grouped(pool)
         if rest and not self.drop_last:
             batches += [rest[i : i + self.batch_size] for i in range(0, len(rest), self.batch_size)]
+        elif rest:
+            self._unused(rest)
         rng.shuffle(batches)
         yield from batches
+
+    def _unused(self, examples: list[Example]) -> None:
+        reason = "loader: incomplete last batch (drop_last)"
+        self.pending += [(e.key, reason) for e in examples]
 
     def _grouped(self, pool: list[Example]) -> tuple[list[list[Example]], list[Example]]:
         """Full batches of one modality, sorted by length, and the examples left over."""
@@ -235,6 +240,12 @@ class ExampleStream(IterableDataset[Batch]):
         if info is not None:  # each DataLoader worker reads its own shards, in a fixed interleave
             shards = shards[info.id :: info.num_workers]
             rng = random.Random(f"{self.seed}/{self.epoch}/{info.id}")
+        self.pending = []
         examples = self._shuffled(self._examples(shards, rng), rng)
         for batch in self._batches(examples, rng):
-            yield collate(batch, self.pad_id, self.num_image_tokens)
+            out = collate(batch, self.pad_id, self.num_image_tokens)
+            out.skipped, self.pending = self.pending, []
+            yield out
+        if self.pending:
+            yield Batch.only_skips(self.pending)
+            self.pending = []

@@ -40,13 +40,16 @@ def _digest(image: ImageRef) -> str:
 
 
 class ResponseCache:
-    """An append-only jsonl of {key, text}; a torn last line (a crash mid-write) is ignored."""
+    """An append-only jsonl of {key, text}; a torn last line (a crash mid-write) is ignored.
+    `also`: more files to read (each rank of a multi-process eval appends to its own)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, also: Sequence[Path] = ()) -> None:
         self.path = path
         self.entries: dict[str, str] = {}
-        if path.exists():
-            for line in path.read_text().splitlines():
+        for source in dict.fromkeys([*also, path]):
+            if not source.exists():
+                continue
+            for line in source.read_text().splitlines():
                 try:
                     row = json.loads(line)
                     self.entries[row["key"]] = row["text"]

@@ -210,8 +210,8 @@ def files_fingerprint(directory: Path, vision: VisionBackbone | None) -> str:
         ]
     )
     for f in files:
-        if f.name == "train.json":
-            continue  # timings differ between identical runs
+        if f.name == "skips.json":
+            continue  # the training run's skip report, not part of the model
         h.update(f.relative_to(directory).as_posix().encode())
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):

@@ -3,12 +3,13 @@
 Projector checkpoint: `projector.safetensors` + `projector.json` naming the projector, its dims and
 options. Loading into another projector type or shape is an error that lists every difference —
 never a partial load. Training state (`checkpoints/last/`): trainable weights, optimizer, scheduler,
-RNG states and data position, written to a temp directory and renamed into place.
+RNG states (json + safetensors, never pickled) and data position, written to a temp directory and renamed into place.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -110,23 +111,47 @@ def load_projector(directory: Path, expected: dict[str, Any] | None = None) -> P
 # ---- resumable training state (plain torch path) ------------------------------------------------
 
 
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
+def save_rng_state(directory: Path, name: str = "rng") -> None:
+    """Python, NumPy, torch (and CUDA) generator states as `<name>.json` + `<name>.safetensors`:
+    plain data, so loading them can never run code (no pickle)."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    meta = {
+        "python": [version, list(words), gauss],
+        "numpy": [kind, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
     }
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        tensors |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    save_file(tensors, str(directory / f"{name}.safetensors"))
+    (directory / f"{name}.json").write_text(json.dumps(meta))
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def load_rng_state(directory: Path, name: str = "rng") -> None:
+    meta = json.loads((directory / f"{name}.json").read_text())
+    tensors = load_file(str(directory / f"{name}.safetensors"))
+    version, words, gauss = meta["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def safe_torch_load(path: Path, allowed: tuple[Any, ...] = ()) -> Any:
+    """`torch.load(weights_only=True)`: tensors, containers and plain values only (plus the
+    `allowed` classes) — a checkpoint that would run code when unpickled is refused."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path} holds more than tensors and plain values, so it is not loaded (it could run "
+            f"code when unpickled; remove the checkpoint directory to start over): "
+            f"{str(err).splitlines()[0]}"
+        ) from None
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -149,7 +174,7 @@ def save_training_state(
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    save_rng_state(tmp)
     (tmp / "state.json").write_text(json.dumps(position, indent=2))
     if directory.exists():
         shutil.rmtree(directory)
@@ -173,7 +198,7 @@ def load_training_state(
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(directory / "rng.pt", weights_only=False))
+    optimizer.load_state_dict(safe_torch_load(directory / "optimizer.pt"))
+    scheduler.load_state_dict(safe_torch_load(directory / "scheduler.pt"))
+    load_rng_state(directory)
     return json.loads((directory / "state.json").read_text())

@@ -1,0 +1,103 @@
+"""What a training stage reads: the feature shards of its split, checked against the params'
+encoder before anything is built, and the samples the features stage already skipped."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from msr.config import Params
+from msr.data.loader import Batch
+from msr.data.shards import read_manifest
+from msr.data.skips import SkipLedger
+from msr.models.vision import describe_vision
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class FeatureSplit:
+    shards: list[str]  # paths of the split's finished shards, sorted
+    records: dict[str, int]  # examples per shard
+    width: int  # feature width d
+    grid: tuple[int, int]
+    skipped: SkipLedger  # records the features stage could not use (reader and encoder)
+
+
+def feature_split(params: Params, split: str) -> FeatureSplit:
+    """The shards of `split` — or an error before training when the cache is missing or was made
+    by another encoder than the params describe."""
+    v = params.vision
+    root = Path(params.paths.features)
+    try:
+        table, fingerprint = read_manifest(root)
+    except FileNotFoundError as err:
+        raise TrainingError(str(err)) from None
+    expected, width, grid = describe_vision(
+        v.model,
+        revision=v.revision,
+        feature_layer=v.feature_layer,
+        select=v.select,
+        image_size=v.image_size,
+        aspect=v.aspect,
+        dtype=v.dtype,
+        final_norm=v.final_norm,
+    )
+    if fingerprint.get("id") != expected["id"]:
+        diffs = [
+            f"{k}: {fingerprint.get(k)!r} vs {expected[k]!r}"
+            for k in expected
+            if k != "id" and fingerprint.get(k) != expected[k]
+        ]
+        raise TrainingError(
+            f"the features in {root} come from another encoder than the params describe "
+            f"(manifest vs params: {'; '.join(diffs)}); rerun `msr features`"
+        )
+    counts: dict[str, int] = {}
+    skipped = SkipLedger()
+    rows = zip(
+        table["shard"].to_pylist(),
+        table["split"].to_pylist(),
+        table["status"].to_pylist(),
+        table["record_ids"].to_pylist(),
+        table["key"].to_pylist(),
+        table["reason"].to_pylist(),
+        strict=True,
+    )
+    for shard, split_, status, records, key, reason in rows:
+        if split_ != split:
+            continue
+        if status == "ok":
+            counts[shard] = counts.get(shard, 0) + len(records)
+        elif status == "skipped":
+            for rid in records or [key]:
+                skipped.add(f"reader: {_short(reason)}", str(rid))
+    source = params.data.pretrain_json if split == "pretrain" else params.data.instruct_json
+    skips_file = root / "skips.json"
+    if skips_file.exists():
+        for s in json.loads(skips_file.read_text()).get("reader", []):
+            if Path(s["file"]) == Path(source):
+                skipped.add(f"reader: {_short(s['reason'])}", str(s["id"]))
+    if not counts:
+        raise TrainingError(
+            f"no {split} shards in {root}: the manifest lists none (run `msr features`)"
+        )
+    shards = [str(root / s) for s in sorted(counts)]
+    return FeatureSplit(shards, {str(root / s): n for s, n in counts.items()}, width, grid, skipped)
+
+
+def _short(reason: str | None) -> str:
+    return (reason or "unknown").split(":")[0].split(" (")[0][:80]
+
+
+def batches_of(loader: Iterable[Batch], skipped: SkipLedger) -> Iterator[Batch]:
+    """The loader's batches; the skip reports they carry go into `skipped` (empty batches only
+    carry reports)."""
+    for batch in loader:
+        skipped.extend(batch.skipped)
+        if batch.keys:
+            yield batch
