@@ -336,7 +336,14 @@ def load_params(path: str | Path, overrides: Iterable[str] = ()) -> Params:
         raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
-    return parse_params(raw, source=str(path))
+    params = parse_params(raw, source=str(path))
+    from msr.models.configs import check_projector_fits  # transformers and torch: imported late
+
+    try:
+        check_projector_fits(params)
+    except ValueError as err:
+        raise ParamsError(f"{path}: projector: {err}") from None
+    return params
 
 
 def parse_params(raw: Mapping[str, Any], source: str = "params") -> Params:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -30,6 +31,7 @@ def test_help_lists_every_command() -> None:
         "features",
         "pretrain",
         "finetune",
+        "train",
         "eval",
         "predict",
         "profile",
@@ -145,3 +147,58 @@ def test_report_summarises_what_exists(tmp_path: Path) -> None:
         "pretrain: 3 steps, 48 samples, loss 6.500 → 6.100" in text
         and "`ms_resampler` (M = 36" in text
     )
+
+
+def test_bad_budget_fails_before_training_starts(repo_root: Path) -> None:
+    """The params check runs at load: exit 2 with the reason, before anything is built."""
+    params = str(repo_root / "params.yaml")
+    result = runner.invoke(app, ["train", "--params", params, "--set", "projector.num_queries=50"])
+    assert result.exit_code == 2
+    assert "num_queries=50 does not tile the 24×24 grid" in " ".join(result.output.split())
+    assert "loss" not in result.output
+
+
+def test_local_rank_before_the_command_is_accepted() -> None:
+    """The DeepSpeed launcher starts `cli.py --local_rank=N <command> ...`."""
+    from cli import strip_local_rank
+
+    assert strip_local_rank(["--local_rank=1", "pretrain", "--params", "p.yaml"]) == [
+        "pretrain",
+        "--params",
+        "p.yaml",
+    ]
+    assert strip_local_rank(["--local_rank", "0", "eval"]) == ["eval"]
+    beside = Path(sys.executable).parent / "msr"
+    exe = str(beside) if beside.exists() else shutil.which("msr")
+    assert exe is not None
+    out = subprocess.run(
+        [exe, "--local_rank=0", "preset", "list"], capture_output=True, text=True, check=True
+    )
+    assert "llava15-7b" in out.stdout
+
+
+def test_train_runs_both_stages_or_one(tmp_path: Path, tiny_workspace: Any) -> None:
+    from stages import features
+
+    raw = tiny_workspace.model_dump(mode="json")
+    raw["paths"].update(
+        features=str(tmp_path / "features"),
+        pretrain=str(tmp_path / "pretrain"),
+        finetune=str(tmp_path / "finetune"),
+        reports=str(tmp_path / "reports"),
+    )
+    raw["pretrain"].update(max_steps=2, loader_workers=0, per_device_batch=4)
+    raw["finetune"].update(max_steps=2, loader_workers=0, per_device_batch=4)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(raw))
+    features.run(load_params(params_file), workers=0)
+    result = runner.invoke(app, ["train", "--params", str(params_file), "--stage", "1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pretrain" / "projector.safetensors").exists()
+    assert not (tmp_path / "finetune").exists()
+    result = runner.invoke(app, ["train", "--params", str(params_file)])
+    assert result.exit_code == 0, result.output
+    assert "pretrain: 2 steps" in result.output and "finetune: 2 steps" in result.output
+    assert (tmp_path / "finetune" / "mllm.json").exists()
+    result = runner.invoke(app, ["train", "--params", str(params_file), "--stage", "3"])
+    assert result.exit_code == 2 and "accepted: 1 (pretrain), 2 (finetune)" in result.output

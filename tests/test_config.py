@@ -223,3 +223,16 @@ def test_params_are_immutable() -> None:
 def test_unknown_preset() -> None:
     with pytest.raises(ValueError, match="unknown preset 'huge'; known: llava15-13b"):
         preset_text("huge")
+
+
+def test_a_budget_the_grid_cannot_take_fails_at_load(repo_root: Path) -> None:
+    """num_queries=50 on the 24×24 grid: an error when the params are loaded, before any run."""
+    with pytest.raises(
+        ParamsError, match=r"projector: num_queries=50 does not tile the 24×24 grid"
+    ):
+        load_params(repo_root / "params.yaml", ["projector.num_queries=50"])
+    with pytest.raises(ParamsError, match=r"num_queries=50"):
+        load_params(
+            repo_root / "params.yaml", ["projector.name=pixel_shuffle", "projector.num_queries=50"]
+        )
+    load_params(repo_root / "params.yaml", ["projector.name=resampler", "projector.num_queries=50"])

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from msr.config import Params, parse_params
+from msr.data.skips import TooManySkips
 from msr.models.mllm import MLLM
 from msr.train import checkpoint as ckpt
 from msr.train.loop import TrainingError, train
@@ -215,3 +216,95 @@ def test_schedule_warms_up_then_decays() -> None:
         sched.step()
     assert lrs[0] == pytest.approx(1 / 3) and lrs[2] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(lrs[2:])) and lrs[-1] < 0.01
+
+
+class _Payload:
+    """Unpickling this calls print — stands for any code a tampered checkpoint would run."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (print, ("pwned",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(
+    workspace: Params, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    p = variant(workspace, tmp_path, pretrain={"max_steps": 4, "save_every": 2})
+    interrupted(p, "pretrain", after=3)
+    last = Path(p.paths.pretrain) / "checkpoints" / "last"
+    assert {"rng.json", "rng.safetensors"} <= {f.name for f in last.iterdir()}  # no pickle
+    assert not list(last.glob("rng.pt"))
+    torch.save({"state": {}, "param_groups": [], "x": _Payload()}, last / "optimizer.pt")
+    with pytest.raises(ckpt.CheckpointError, match=r"optimizer.pt holds more than tensors"):
+        train(p, "pretrain", resume="yes")
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_deepspeed_checkpoint_files_are_verified_before_loading(tmp_path: Path) -> None:
+    from msr.train.engine import verify_deepspeed_checkpoint
+
+    tag = tmp_path / "ds" / "last"
+    tag.mkdir(parents=True)
+    torch.save(
+        {"module": {"w": torch.zeros(2)}, "ds_version": "0.19.8"},
+        tag / "mp_rank_00_model_states.pt",
+    )
+    verify_deepspeed_checkpoint(tag)  # tensors and plain values pass
+    torch.save({"optimizer_state_dict": _Payload()}, tag / "zero_pp_rank_0_optim_states.pt")
+    with pytest.raises(ckpt.CheckpointError, match=r"optim_states.pt holds more than tensors"):
+        verify_deepspeed_checkpoint(tag)
+
+
+def test_gradient_checkpointing_in_stage_1_changes_nothing(
+    workspace: Params, tmp_path: Path
+) -> None:
+    """Stage 1 honours gradient_checkpointing (the LLM is frozen, the projector's gradient flows
+    through it): the same weights as without it."""
+    plain = variant(workspace, tmp_path / "a", pretrain={"max_steps": 2, "bf16": False})
+    ckpt_on = variant(
+        workspace,
+        tmp_path / "b",
+        pretrain={"max_steps": 2, "bf16": False, "gradient_checkpointing": True},
+    )
+    calls = []
+    from transformers import PreTrainedModel
+
+    original = PreTrainedModel.activation_checkpointing_enable
+
+    def spy(self: PreTrainedModel, *args: Any, **kwargs: Any) -> None:
+        calls.append(kwargs)
+        original(self, *args, **kwargs)
+
+    PreTrainedModel.activation_checkpointing_enable = spy  # type: ignore[method-assign]
+    try:
+        train(plain, "pretrain")
+        train(ckpt_on, "pretrain")
+    finally:
+        PreTrainedModel.activation_checkpointing_enable = original  # type: ignore[method-assign]
+    assert len(calls) == 1
+    a = load_file(Path(plain.paths.pretrain) / "projector.safetensors")
+    b = load_file(Path(ckpt_on.paths.pretrain) / "projector.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_too_many_unusable_samples_stop_with_the_reasons(workspace: Params, tmp_path: Path) -> None:
+    """max_length 60 cuts the answers of every instruct sample with an image (14 of 17): stage 2
+    stops and names the reason; with data.max_skip_share raised it runs, and its skips.json counts
+    and names every skip — met inside a loader worker process."""
+    p = variant(workspace, tmp_path, pretrain={"max_steps": 1})
+    train(p, "pretrain")
+    raw = p.model_dump(mode="json")
+    raw["llm"]["max_length"] = 60
+    raw["finetune"].update(per_device_batch=1, max_steps=3, loader_workers=1)
+    with pytest.raises(
+        TooManySkips,
+        match=r"finetune: 14 of 17 samples .* were skipped as unusable, more than "
+        r"data.max_skip_share=0.01; top reasons: template: max_length=60 cuts into the image tokens: 14",
+    ):
+        train(parse_params(raw), "finetune")
+    raw["data"]["max_skip_share"] = 1.0
+    result = train(parse_params(raw), "finetune")
+    assert result.skipped == 14 and result.steps == 3
+    report = json.loads((Path(p.paths.finetune) / "skips.json").read_text())
+    assert report["trained"] == 3 and report["skipped_bad"] == 14
+    keys = report["keys"]["template: max_length=60 cuts into the image tokens"]
+    assert len(keys) == 14 and all("/" in k for k in keys)

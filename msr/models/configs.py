@@ -9,7 +9,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, PretrainedConfig
 
-from msr.config import LLM, Vision
+from msr.config import LLM, Params, Vision
 from msr.models import tiny
 from msr.models.vision import VisionBackbone, vision_class
 from msr.utils.resources import resolve
@@ -70,3 +70,30 @@ def _missing(section: str, model: str) -> str:
         f"(known: {', '.join(p.stem.replace('__', '/') for p in sorted(SHIPPED.glob('*.json')))}); "
         f"pass a local path or add {shipped_path(model).name} to {SHIPPED}"
     )
+
+
+def check_projector_fits(params: Params) -> None:
+    """Build the params' projector on the meta device for the backbones' widths and grid, so a
+    budget the grid cannot take (`num_queries=50` on 24×24) fails when the params are loaded, not
+    after the run starts. Skipped while a backbone's config is not available offline (a model
+    the `models` stage has not converted yet); the run checks it again when it builds."""
+    import torch
+
+    from msr.projectors import build_projector, projector_class
+
+    try:
+        vision, llm = vision_config(params.vision), llm_config(params.llm)
+        grid = vision_grid(params.vision)
+    except (ValueError, OSError):
+        return
+    p = params.projector
+    m = grid[0] * grid[1] if projector_class(p.name).keeps_all_tokens else p.num_queries
+    with torch.device("meta"):
+        build_projector(
+            p.name,
+            vision_dim=int(vision.hidden_size),
+            llm_dim=int(llm.hidden_size),
+            num_queries=m,
+            grid=grid,
+            **p.active_options,
+        )

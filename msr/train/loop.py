@@ -128,7 +128,9 @@ def build_model(
     llm.requires_grad_(cfg.train_llm)
     if cfg.gradient_checkpointing:  # stage 1 too: the projector's gradient flows through the LLM
         llm.config.use_cache = False
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        llm.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
     projector, options = build_projector_for(params, data.width, llm.config.hidden_size, data.grid)
     if stage == "finetune":
         expected = ckpt.projector_config(projector, options)
@@ -227,6 +229,8 @@ def _train(
             first_loss = last_loss if math.isnan(first_loss) else first_loss
             if step % cfg.log_every == 0 or step == total:
                 metrics = window.flush(engine.lr, time.perf_counter() - start, data_wait)
+                if topo.device.type == "cuda":
+                    metrics["max_memory_gb"] = torch.cuda.max_memory_allocated(topo.device) / 1e9
                 logger.log(step, metrics)
                 if progress is not None and topo.main:
                     progress(step, total, metrics)
