@@ -7,13 +7,25 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 SMALL_REAL := $(VENV)/.small-real
 
-.PHONY: setup setup-small-real repro small-real test test-all check bench clean-venv
+# On a CUDA machine (nvidia-smi present) setup checks that torch sees the GPUs. torch==2.13.0's
+# default Linux x86-64 wheel is the CUDA 12 build; for another CUDA version pass the PyTorch wheel
+# index of that version as TORCH_INDEX=URL. FLASH_ATTN=1 adds flash-attn (optional: SDPA is used
+# otherwise).
+GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
+TORCH_INDEX ?=
+FLASH_ATTN ?=
+
+.PHONY: setup setup-small-real repro small-real test test-all check bench gpu-smoke clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	# torch first, alone: the CPU build must be in place before anything can pull a CUDA one
-	$(PY) -m pip install --quiet torch==2.13.0
+	# torch first, alone: the pinned build must be in place before anything else can pull another one
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[dev]"
+ifeq ($(GPU),1)
+	$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else f'nvidia-smi sees a GPU, but torch {torch.__version__} cannot use it: make clean-venv, then make setup TORCH_INDEX=<the PyTorch wheel index of your CUDA version>')"
+	$(if $(FLASH_ATTN),$(PY) -m pip install --quiet flash-attn --no-build-isolation)
+endif
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with pinned versions and msr installed (editable)
@@ -49,6 +61,9 @@ bench: setup  ## projector, feature-caching and training benchmarks (reports/*_b
 	msr projectors bench
 	$(PY) benchmarks/features.py
 	$(PY) benchmarks/train.py
+
+gpu-smoke: setup-small-real  ## on a CUDA machine: small-real through DeepSpeed ZeRO-2/3 and eval, timed (reports/gpu_smoke/)
+	bash benchmarks/gpu_smoke.sh
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,7 +18,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +45,7 @@ from msr.train.distributed import (
     topology,
     zero3_loading,
 )
-from msr.train.engine import deepspeed_bf16, make_engine
+from msr.train.engine import Engine, deepspeed_bf16, make_engine
 from msr.train.export import mllm_config, save_stage, state_digest
 from msr.train.logger import MetricLogger
 from msr.train.resume import Resume, identity, should_resume
@@ -143,26 +143,40 @@ def build_model(
     return model.to(topo.device), options
 
 
-def _train(
-    params: Params,
-    stage: Stage,
-    topo: Topology,
-    resume: Resume,
-    progress: Progress | None,
-    log_dir: Path | None,
-    trace_dir: Path | None,
-) -> TrainResult:
+@dataclass
+class _Run:
+    """What a stage works with, set up before its first step."""
+
+    stage: Stage
+    cfg: Train
+    topo: Topology
+    out: Path
+    data: FeatureSplit
+    shards: list[str]  # this rank's
+    model: MLLM
+    options: dict[str, Any]
+    engine: Engine
+    steps_per_epoch: int
+    total: int
+    identity: str
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+
+def _prepare(params: Params, stage: Stage, topo: Topology) -> _Run:
+    """Data checked (and the reader's skips held against max_skip_share), model, engine, schedule."""
     cfg = stage_config(params, stage)
     split = "pretrain" if stage == "pretrain" else "instruct"
     out = Path(params.paths.pretrain if stage == "pretrain" else params.paths.finetune)
     data = feature_split(params, split)
-    limit = params.data.max_skip_share
     offered = data.skipped.bad + sum(data.records.values())
-    check_share(data.skipped.bad, offered, limit, f"{stage} ({split} features)", data.skipped)
+    check_share(data.skipped.bad, offered, params.data.max_skip_share,
+                f"{stage} ({split} features)", data.skipped)  # fmt: skip
     mine = shards_for_rank(data.shards, topo.rank, topo.world_size)
     _seed(cfg.seed + topo.rank)
     model, options = build_model(params, stage, cfg, topo, data)
-
     micro_per_epoch = all_min(sum(data.records[s] for s in mine) // cfg.per_device_batch, topo)
     steps_per_epoch = micro_per_epoch // cfg.grad_accum
     if steps_per_epoch < 1:
@@ -172,37 +186,45 @@ def _train(
         )
     total = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
     engine = make_engine(model, cfg, topo, total)
-
     ident = identity(params, stage, cfg, topo.world_size, model.projector, options)
-    ckdir = out / "checkpoints"
+    return _Run(stage, cfg, topo, out, data, mine, model, options, engine, steps_per_epoch, total,
+                ident)  # fmt: skip
+
+
+def _train(
+    params: Params,
+    stage: Stage,
+    topo: Topology,
+    resume: Resume,
+    progress: Progress | None,
+    log_dir: Path | None,
+    trace_dir: Path | None,
+) -> TrainResult:
+    run = _prepare(params, stage, topo)
+    cfg, engine, limit = run.cfg, run.engine, params.data.max_skip_share
     position: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "samples": 0, "tokens": 0}
-    if should_resume(ckdir, ident, resume, topo.main):
-        position = engine.load(ckdir)
+    if should_resume(run.checkpoints, run.identity, resume, topo.main):
+        position = engine.load(run.checkpoints)
         log.info("%s: resuming at step %d (epoch %d, micro-batch %d)", stage, position["step"],
                  position["epoch"], position["micro"])  # fmt: skip
-    resumed_from = position["step"]
+    resumed_from = step = position["step"]
     skipped = SkipLedger.from_state(position.get("skips"))  # this rank's, since the start
     barrier(topo)
 
     logger = MetricLogger(log_dir, enabled=topo.main, resumed_step=resumed_from)
-    step, first_loss, last_loss = position["step"], math.nan, math.nan
-    start, data_wait, startup_wait, window = time.perf_counter(), 0.0, 0.0, _Window()
-    seen: list[str] = []
+    clock, window, seen = _Clock(), _Window(), []
     next_check = position["samples"] + CHECK_EVERY
-    model.train()
-    while step < total:
-        batches = batches_of(_loader(params, cfg, model, mine, position["epoch"]), skipped)
+    epoch_end = run.steps_per_epoch * cfg.grad_accum  # micro-batches
+    run.model.train()
+    while step < run.total:
+        loader = _loader(params, cfg, run.model, run.shards, position["epoch"])
+        batches = batches_of(clock.timed(loader), skipped)
         for _ in range(position["micro"]):  # resume: the order is deterministic, skip what was seen
             next(batches)
         skipped.keys = SkipLedger.from_state(position.get("skips")).keys  # replayed ones counted
-        epoch_end = steps_per_epoch * cfg.grad_accum
-        fresh, batch = True, None
-        while position["micro"] < epoch_end and step < total:
-            t0 = time.perf_counter()
+        batch = None
+        while position["micro"] < epoch_end and step < run.total:
             batch = next(batches, None)
-            data_wait += (waited := time.perf_counter() - t0)
-            startup_wait += waited if fresh else 0.0  # a new iterator starts its workers first
-            fresh = False
             if all_min(int(batch is not None), topo) == 0:
                 break  # a rank ran out (its samples skipped as bad): end the epoch everywhere
             assert batch is not None
@@ -215,39 +237,54 @@ def _train(
                 )
             engine.backward(loss)
             stepped = engine.step()
-            position["micro"] += 1
-            position["samples"] += len(batch.keys) * topo.world_size
-            position["tokens"] += batch.tokens * topo.world_size
-            window.add(
-                loss.item(), len(batch.keys) * topo.world_size, batch.tokens * topo.world_size
-            )
+            n, tokens = len(batch.keys) * topo.world_size, batch.tokens * topo.world_size
+            position.update(micro=position["micro"] + 1, samples=position["samples"] + n,
+                            tokens=position["tokens"] + tokens)  # fmt: skip
+            window.add(loss.item(), n, tokens)
             batch = None
             if not stepped:
                 continue
             step = position["step"] = step + 1
-            last_loss = window.loss
-            first_loss = last_loss if math.isnan(first_loss) else first_loss
-            if step % cfg.log_every == 0 or step == total:
-                metrics = window.flush(engine.lr, time.perf_counter() - start, data_wait)
-                if topo.device.type == "cuda":
-                    metrics["max_memory_gb"] = torch.cuda.max_memory_allocated(topo.device) / 1e9
+            window.first_loss = window.loss if math.isnan(window.first_loss) else window.first_loss
+            if step % cfg.log_every == 0 or step == run.total:
+                metrics = window.flush(engine.lr, clock, topo)
                 logger.log(step, metrics)
                 if progress is not None and topo.main:
-                    progress(step, total, metrics)
+                    progress(step, run.total, metrics)
             if position["samples"] >= next_check:
                 next_check = position["samples"] + CHECK_EVERY
-                _check_skips(skipped, data, position["samples"], limit, stage, topo)
-            if step % cfg.save_every == 0 and step < total:
-                engine.save(ckdir, {**position, "skips": skipped.state(), "identity": ident})
-        if step < total or position["micro"] >= epoch_end or batch is not None:
+                _check_skips(skipped, run.data, position["samples"], limit, stage, topo)
+            if step % cfg.save_every == 0 and step < run.total:
+                engine.save(run.checkpoints, {**position, "skips": skipped.state(),
+                                              "identity": run.identity})  # fmt: skip
+        if step < run.total or position["micro"] >= epoch_end or batch is not None:
             _drain(batches, batch, skipped)  # the epoch ended: name what was read but not used
-            _check_skips(skipped, data, position["samples"], limit, stage, topo)
-        if step < total:
+            _check_skips(skipped, run.data, position["samples"], limit, stage, topo)
+        if step < run.total:
             position.update(epoch=position["epoch"] + 1, micro=0, skips=skipped.state())
 
-    _check_skips(skipped, data, position["samples"], limit, stage, topo)
-    states = save_stage(params, stage, out, model, options, engine, topo)
+    _check_skips(skipped, run.data, position["samples"], limit, stage, topo)
+    result = _finish(params, run, position, skipped, window, clock, resumed_from, seen, trace_dir)
+    logger.close(asdict(result))
+    return result
+
+
+def _finish(
+    params: Params,
+    run: _Run,
+    position: dict[str, Any],
+    skipped: SkipLedger,
+    window: _Window,
+    clock: _Clock,
+    resumed_from: int,
+    seen: list[str],
+    trace_dir: Path | None,
+) -> TrainResult:
+    """Save the stage's artifacts and skip report (rank 0), traces (every rank); what it did."""
+    topo = run.topo
+    states = save_stage(params, run.stage, run.out, run.model, run.options, run.engine, topo)
     everyone = gather_skips(skipped, topo)
+    everyone.merge(run.data.skipped)
     if trace_dir is not None:
         trace_dir.mkdir(parents=True, exist_ok=True)
         (trace_dir / f"samples-rank{topo.rank}.txt").write_text("".join(k + "\n" for k in seen))
@@ -255,30 +292,27 @@ def _train(
             trace_dir / f"params-rank{topo.rank}.json",
             {k: state_digest(v) for k, v in states.items()},
         )
-    everyone.merge(data.skipped)
-    result = TrainResult(
-        step,
-        position["samples"],
-        position["tokens"],
-        first_loss,
-        last_loss,
-        everyone.bad,
-        everyone.unused,
-        time.perf_counter() - start,
-        data_wait,
-        startup_wait,
-        resumed_from,
-        str(out),
-    )
     if topo.main:
         # deterministic: the same run writes the same bytes (no timings, no paths)
-        atomic_write_json(out / "skips.json", everyone.report(position["samples"]))
-        shutil.rmtree(ckdir, ignore_errors=True)  # finished: a later run must not resume from it
+        atomic_write_json(run.out / "skips.json", everyone.report(position["samples"]))
+        shutil.rmtree(run.checkpoints, ignore_errors=True)  # finished: never resumed from
         if everyone.counts:
-            log.warning("%s: %d skipped as unusable, %d read but not trained on; %s", stage,
+            log.warning("%s: %d skipped as unusable, %d read but not trained on; %s", run.stage,
                         everyone.bad, everyone.unused, everyone.describe())  # fmt: skip
-    logger.close(asdict(result))
-    return result
+    return TrainResult(
+        position["step"],
+        position["samples"],
+        position["tokens"],
+        window.first_loss,
+        window.loss,
+        everyone.bad,
+        everyone.unused,
+        clock.elapsed,
+        clock.data_wait,
+        clock.startup_wait,
+        resumed_from,
+        str(run.out),
+    )
 
 
 def _loader(
@@ -320,6 +354,31 @@ def _check_skips(
     check_share(bad, samples + bad, limit, stage, ledger)
 
 
+class _Clock:
+    """Wall time of the run and the time spent waiting for batches."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.data_wait = self.startup_wait = 0.0  # startup: the first batch of each epoch
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def timed(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        fresh, it = True, iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            waited = time.perf_counter() - t0
+            self.data_wait += waited
+            self.startup_wait += waited if fresh else 0.0  # a new iterator starts its workers
+            fresh = False
+            if batch is None:
+                return
+            yield batch
+
+
 class _Window:
     """Loss and throughput accumulated between two log lines."""
 
@@ -327,7 +386,7 @@ class _Window:
         self.losses: list[float] = []
         self.samples = self.tokens = 0
         self.t = time.perf_counter()
-        self.last_loss = math.nan
+        self.last_loss = self.first_loss = math.nan
 
     def add(self, loss: float, samples: int, tokens: int) -> None:
         self.losses.append(loss)
@@ -338,15 +397,17 @@ class _Window:
     def loss(self) -> float:
         return float(np.mean(self.losses)) if self.losses else self.last_loss
 
-    def flush(self, lr: float, elapsed: float, data_wait: float) -> dict[str, float]:
+    def flush(self, lr: float, clock: _Clock, topo: Topology) -> dict[str, float]:
         dt = max(time.perf_counter() - self.t, 1e-9)
         out = {
             "loss": self.loss,
             "lr": lr,
             "samples_per_s": self.samples / dt,
             "tokens_per_s": self.tokens / dt,
-            "data_wait_share": data_wait / max(elapsed, 1e-9),
+            "data_wait_share": clock.data_wait / max(clock.elapsed, 1e-9),
         }
+        if topo.device.type == "cuda":
+            out["max_memory_gb"] = torch.cuda.max_memory_allocated(topo.device) / 1e9
         self.last_loss, self.losses, self.samples, self.tokens = self.loss, [], 0, 0
         self.t = time.perf_counter()
         return out
