@@ -96,6 +96,19 @@ def test_zero2_stage1_two_processes(workspace: Params, tmp_path: Path) -> None:
     assert state_digest(saved.state_dict()) == digests["projector"]  # the saved model matches
 
 
+def test_plain_torch_stage1_two_processes_under_ddp(workspace: Params, tmp_path: Path) -> None:
+    """Without a DeepSpeed config, ranks under torchrun share gradients through DDP."""
+    raw = workspace.model_dump(mode="json")
+    raw["paths"]["pretrain"] = str(tmp_path / "pretrain")
+    raw["pretrain"]["deepspeed"] = None
+    params = parse_params(raw)
+    trace = tmp_path / "trace"
+    launch(params, "pretrain", trace)
+    digests = check_ranks(trace)
+    saved = ckpt.load_projector(Path(params.paths.pretrain))
+    assert state_digest(saved.state_dict()) == digests["projector"]
+
+
 def test_zero3_stage2_two_processes(workspace: Params, tmp_path: Path) -> None:
     raw = workspace.model_dump(mode="json")
     raw["pretrain"].update(launcher="none", num_devices=1, deepspeed=None, max_steps=1)

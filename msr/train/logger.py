@@ -45,6 +45,8 @@ class MetricLogger:
             "last_loss",
             "seconds",
             "data_wait_seconds",
+            "skipped",
+            "unused",
         ):
             self.live.summary[key] = summary[key]
         self.live.end()
