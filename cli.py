@@ -493,6 +493,59 @@ def profile(
 
 
 @app.command()
+def compare(
+    baseline: Annotated[
+        str | None,
+        typer.Option(help="The experiment at 100 % in Avg. (default: the first: the workspace)."),
+    ] = None,
+    exp: Annotated[
+        list[str] | None, typer.Option("--exp", help="Only these experiments (repeatable).")
+    ] = None,
+    all_branches: Annotated[
+        bool, typer.Option("--all-branches", help="Also the committed metrics of every branch.")
+    ] = False,
+    from_json: Annotated[
+        Path | None,
+        typer.Option("--from-json", help="A saved `dvc exp show --json` instead of running it."),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("reports/compare"),
+) -> None:
+    """Compare experiments in the paper's Table 1 layout (Avg. against a baseline); writes
+    compare.{md,csv,json,png}."""
+    import json
+    import subprocess
+
+    from msr.report import compare as cmp
+    from msr.utils.io import atomic_write_json, atomic_write_text
+
+    if from_json is not None:
+        rows = json.loads(from_json.read_text())
+    else:
+        cmd = ["dvc", "exp", "show", "--json", *(["--all-branches"] if all_branches else [])]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise _fail(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
+        rows = json.loads(proc.stdout)
+    experiments = cmp.from_exp_show(rows)
+    if exp:
+        unknown = sorted(set(exp) - {e.name for e in experiments})
+        if unknown:
+            known = ", ".join(e.name for e in experiments)
+            raise _fail(f"no experiment(s) {unknown} with metrics; known: {known}")
+        experiments = [e for e in experiments if e.name in exp]
+    try:
+        result = cmp.compare(experiments, baseline)
+    except cmp.CompareError as err:
+        raise _fail(str(err)) from None
+    markdown = cmp.render_markdown(result)
+    atomic_write_text(out / "compare.md", markdown)
+    atomic_write_text(out / "compare.csv", cmp.render_csv(result))
+    atomic_write_json(out / "compare.json", result)
+    cmp.plot(result, out / "compare.png")
+    sys.stdout.write(markdown)
+
+
+@app.command()
 def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Summarise the run (training, evaluation, efficiency, benchmark) in reports/summary.md."""
     from stages import report as stage
