@@ -308,3 +308,20 @@ def test_too_many_unusable_samples_stop_with_the_reasons(workspace: Params, tmp_
     assert report["trained"] == 3 and report["skipped_bad"] == 14
     keys = report["keys"]["template: max_length=60 cuts into the image tokens"]
     assert len(keys) == 14 and all("/" in k for k in keys)
+
+
+def test_an_experiment_with_another_projector_never_resumes_its_checkpoint(
+    workspace: Params, tmp_path: Path
+) -> None:
+    """What `dvc exp run -S projector.name=...` meets in a persisted out: a checkpoint of another
+    projector. `--resume auto` starts over; `--resume yes` refuses."""
+    p = variant(workspace, tmp_path, pretrain={"max_steps": 4, "save_every": 2})
+    interrupted(p, "pretrain", after=3)
+    raw = p.model_dump(mode="json")
+    raw["projector"]["name"] = "avgpool"
+    other = parse_params(raw)
+    with pytest.raises(TrainingError, match="made with other params"):
+        train(other, "pretrain", resume="yes")
+    result = train(other, "pretrain", resume="auto")
+    assert result.resumed_from == 0
+    assert ckpt.load_projector(Path(p.paths.pretrain)).name == "avgpool"

@@ -152,7 +152,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             _num(r["avg"]),
             _macs(r["projector_macs"]),
             _num(r["projector_params"]),
-        ]  # fmt: skip
+        ]
         for r in rows
     ]
     lines = [
