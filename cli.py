@@ -23,6 +23,8 @@ preset_app = typer.Typer(help="List, show and activate named presets.", no_args_
 projectors_app = typer.Typer(help="The projector zoo: list and benchmark.", no_args_is_help=True)
 app.add_typer(preset_app, name="preset")
 app.add_typer(projectors_app, name="projectors")
+recipe_app = typer.Typer(help="The paper's comparisons as queued DVC sweeps.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -490,6 +492,40 @@ def profile(
             for k in ("visual_tokens", "projector_macs", "llm_macs", "kv_cache_bytes", "params")
         }
     )
+
+
+@recipe_app.command("list")
+def recipe_list() -> None:
+    """List the recipes (the paper's Tables 1, 4, 5, 6 and the β sweep) and their sizes."""
+    from msr.recipes import RECIPES
+
+    table = Table("recipe", "what", "experiments", "Avg. baseline")
+    for name, r in RECIPES.items():
+        table.add_row(name, r.title, str(r.size), r.baseline)
+    console.print(table)
+
+
+@recipe_app.command("queue")
+def recipe_queue(
+    name: str,
+    set_: SetOpt = None,
+    dry: Annotated[bool, typer.Option("--dry", help="Print the dvc commands only.")] = False,
+) -> None:
+    """Queue a recipe's experiments (`dvc exp run --queue -S ...`); then `dvc queue start -j N`
+    and `msr compare`. --set adds an override to every experiment."""
+    import shlex
+    import subprocess
+
+    from msr.recipes import commands
+
+    try:
+        cmds = commands(name, tuple(set_ or ()))
+    except ValueError as err:
+        raise _fail(str(err)) from None
+    for cmd in cmds:
+        console.print(shlex.join(cmd), highlight=False)
+        if not dry and subprocess.call(cmd) != 0:
+            raise _fail(f"{shlex.join(cmd)} failed")
 
 
 @app.command()

@@ -1,0 +1,77 @@
+"""The paper's comparisons as queued DVC sweeps: `msr recipe queue table1`, then
+`dvc queue start -j N`, then `msr compare`. Each recipe is one or more `dvc exp run --queue` calls,
+each with `-S key=v1,v2` sweeps (DVC expands the product of the sweeps of one call). They run on
+any preset: the params file decides the backbones and the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROJECTORS_AT_BUDGET = (
+    "ms_resampler,resampler,pixel_shuffle,c_abstractor,ldp_v2,tokenpacker,avgpool"
+)
+KERNELS = "projector.options.ms_resampler.kernels"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    title: str
+    calls: tuple[tuple[str, ...], ...]  # the -S sweeps of each `dvc exp run --queue` call
+    size: int  # experiments queued
+    baseline: str  # what `msr compare --baseline` should name (described, not an experiment name)
+
+
+RECIPES: dict[str, Recipe] = {
+    "table1": Recipe(
+        "Table 1: every projector at M = 144 / 64 / 36, LLaVA-1.5's MLP at 576",
+        (
+            (f"projector.name={PROJECTORS_AT_BUDGET}", "projector.num_queries=144,64,36"),
+            ("projector.name=mlp",),
+        ),
+        22,
+        "the mlp experiment",
+    ),
+    "table4": Recipe(
+        "Table 4: one scope (E = 1, k ∈ {2, 6, 8, 12, 24}) against three (E = 3, {2, 6, 14})",
+        ((f"{KERNELS}=[2],[6],[8],[12],[24],[2,6,14]",),),
+        6,
+        "the [2, 6, 14] experiment",
+    ),
+    "table5": Recipe(
+        "Table 5: kernel sets {2, 3, 5}, {6, 8, 12}, {15, 18, 24}, {2, 6, 14}",
+        ((f"{KERNELS}=[2,3,5],[6,8,12],[15,18,24],[2,6,14]",),),
+        4,
+        "the [2, 6, 14] experiment",
+    ),
+    "table6": Recipe(
+        "Table 6: fusions — average, attention, MLP, channel-wise MLP",
+        (("projector.options.ms_resampler.fusion=average,attention,mlp,channel_mlp",),),
+        4,
+        "the channel_mlp experiment",
+    ),
+    "beta": Recipe(
+        "β sweep: scope-bias strength 0 (plain attention per branch), 1, 2, 4, 8",
+        (("projector.options.ms_resampler.beta=0.0,1.0,2.0,4.0,8.0",),),
+        5,
+        "the beta 0.0 experiment",
+    ),
+}
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def commands(name: str, extra: tuple[str, ...] = ()) -> list[list[str]]:
+    """The `dvc exp run --queue` command lines of a recipe (`extra`: more `-S` overrides, e.g. to
+    pin steps for a quick pass)."""
+    out = []
+    for sweeps in recipe(name).calls:
+        cmd = ["dvc", "exp", "run", "--queue"]
+        for s in (*sweeps, *extra):
+            cmd += ["-S", s]
+        out.append(cmd)
+    return out
