@@ -146,3 +146,48 @@ def test_queued_experiments_compare_in_one_table(repo: Path) -> None:
     assert base["avg"] == pytest.approx(100.0)
     assert all(r["projector_macs"] for r in result["rows"])
     assert (repo / "cmp" / "compare.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("name", ["table1", "table4", "table5", "table6", "beta"])
+def test_recipes_queue_exactly_their_experiments(repo: Path, name: str) -> None:
+    from msr.recipes import recipe
+
+    sh(repo, "dvc", "queue", "remove", "--queued")
+    sh(repo, "msr", "recipe", "queue", name)
+    rows = json.loads(sh(repo, "dvc", "exp", "show", "--json"))
+    queued = [
+        rev["data"]["params"]["params.yaml"]["data"]
+        for row in rows
+        for exp in row.get("experiments") or []
+        for rev in exp.get("revs") or []
+        if (rev.get("data") or {}).get("meta", {}).get("status") == "Queued"
+        or "Queued" in json.dumps(exp.get("executor") or {})
+    ]
+    sh(repo, "dvc", "queue", "remove", "--queued")
+    assert len(queued) == recipe(name).size
+    projector = [q["projector"] for q in queued]
+    if name == "table1":
+        pairs = {(p["name"], p["num_queries"]) for p in projector}
+        assert len(pairs) == 22 and ("mlp", 36) in pairs and ("pixel_shuffle", 64) in pairs
+    if name in ("table4", "table5"):
+        kernels = sorted(str(p["options"]["ms_resampler"]["kernels"]) for p in projector)
+        assert "[2, 6, 14]" in kernels and len(set(kernels)) == recipe(name).size
+
+
+def test_push_then_pull_in_a_fresh_clone_reruns_nothing(repo: Path) -> None:
+    """The default remote (a directory beside the clone, `../msr-dvc-storage`): push from one
+    clone, pull into another, which is then up to date without running a stage."""
+    sh(repo, "dvc", "repro")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "rerun", "--allow-empty")
+    assert sh(repo, "dvc", "remote", "list").split()[0] == "storage"
+    sh(repo, "dvc", "push")
+    assert (repo.parent / "msr-dvc-storage" / "files" / "md5").is_dir()
+    other = repo.parent / "teammate"
+    sh(repo.parent, "git", "clone", "-q", str(repo), str(other))
+    sh(other, "dvc", "pull")
+    assert sh(other, "dvc", "status").strip() == "Data and pipelines are up to date."
+    out = sh(other, "dvc", "repro")
+    assert "Running stage" not in out, out
+    for stage in STAGES:
+        assert f"'{stage}' didn't change, skipping" in out or f"'{stage}' is cached" in out, out
