@@ -160,8 +160,7 @@ def test_recipes_queue_exactly_their_experiments(repo: Path, name: str) -> None:
         for row in rows
         for exp in row.get("experiments") or []
         for rev in exp.get("revs") or []
-        if (rev.get("data") or {}).get("meta", {}).get("status") == "Queued"
-        or "Queued" in json.dumps(exp.get("executor") or {})
+        if (exp.get("executor") or {}).get("state") == "queued"
     ]
     sh(repo, "dvc", "queue", "remove", "--queued")
     assert len(queued) == recipe(name).size
@@ -179,7 +178,18 @@ def test_push_then_pull_in_a_fresh_clone_reruns_nothing(repo: Path) -> None:
     clone, pull into another, which is then up to date without running a stage."""
     sh(repo, "dvc", "repro")
     sh(repo, "git", "add", "-A")
-    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "rerun", "--allow-empty")
+    sh(
+        repo,
+        "git",
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-qm",
+        "rerun",
+        "--allow-empty",
+    )
     assert sh(repo, "dvc", "remote", "list").split()[0] == "storage"
     sh(repo, "dvc", "push")
     assert (repo.parent / "msr-dvc-storage" / "files" / "md5").is_dir()
