@@ -215,11 +215,23 @@ class Train(Section):
         return self.per_device_batch * self.grad_accum * self.num_devices
 
 
+class CustomEval(Section):
+    """A user's eval set (msr.eval.benchmarks.custom): LLaVA's question jsonl, an answer jsonl, the
+    image folder, and how to score."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")  # its folder under paths.eval and report label
+    questions: str  # jsonl: question_id, image, text, optional category
+    answers: str  # jsonl: question_id, answer (a string or a list of accepted strings)
+    images: str  # the folder `image` is relative to
+    metric: Literal["vqa_accuracy", "exact_match", "choice"] = "exact_match"
+
+
 class Eval(Section):
     """Benchmarks to run and how to generate."""
 
     benchmarks: list[str] = Field(default_factory=list)  # real benchmarks, read from eval.root
     synth: list[str] = Field(default_factory=list)  # synthetic sets, read from paths.synth/eval
+    custom: list[CustomEval] = Field(default_factory=list)  # your own sets
     root: str | None = None  # LLaVA's playground/data/eval, for the real benchmarks
     batch_size: int = Field(8, gt=0)
     max_new_tokens: int = Field(128, gt=0)
@@ -230,6 +242,14 @@ class Eval(Section):
         "none"  # `msr eval` on num_devices processes (questions split, answers merged)
     )
     num_devices: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Eval:
+        names = [*self.benchmarks, *self.synth, *(c.name for c in self.custom)]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"benchmark name(s) {twice} appear more than once (custom names too)")
+        return self
 
     @field_validator("benchmarks", "synth")
     @classmethod

@@ -10,6 +10,7 @@ from typing import Any
 from msr.config import Params
 from msr.eval.answers import answer_records, read_answers, write_answers
 from msr.eval.benchmarks import make_benchmark
+from msr.eval.benchmarks.custom import Custom
 from msr.eval.generate import GenerationArgs, Generator, ResponseCache
 from msr.models.mllm import MLLM
 from msr.report.eval import render, summarize
@@ -74,8 +75,10 @@ def _run(
         ),
     )
     results: dict[str, Any] = {}
-    for name in [*e.benchmarks, *e.synth]:
-        bench = make_benchmark(name, e.root, params.paths.synth)
+    benches = [make_benchmark(n, e.root, params.paths.synth) for n in [*e.benchmarks, *e.synth]]
+    benches += [Custom(spec) for spec in e.custom]
+    for bench in benches:
+        name = bench.label
         questions = bench.questions(limit=e.limit)
         mine = share(len(questions), e.batch_size, rank, world)
         tick = _ticker(progress if rank == 0 else None, name, len(mine))

@@ -159,3 +159,86 @@ def test_predict_cli(trained: Params, tmp_path: Path) -> None:
         app, ["predict", "--params", str(params_file), "--image", "nope.jpg", "--question", "q"]
     )
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def write_custom_set(trained: Params, root: Path, metric: str = "exact_match") -> dict[str, str]:
+    """A custom set made of the synthetic GQA questions, in the custom-set file format."""
+    qs = make_benchmark("synth_gqa", None, trained.paths.synth).questions()[:9]
+    images = root / "images"
+    images.mkdir(parents=True)
+    questions, answers = [], []
+    for n, q in enumerate(qs):
+        assert q.image is not None and q.image.path is not None
+        name = f"img{n}{q.image.path.suffix}"
+        (images / name).write_bytes(q.image.path.read_bytes())
+        questions.append({"question_id": n, "image": name, "text": q.text, "category": q.category})
+        answers.append({"question_id": n, "answer": [str(q.gold)]})
+    (root / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in questions))
+    (root / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in answers))
+    return {"name": "my_set", "questions": str(root / "q.jsonl"), "answers": str(root / "a.jsonl"),
+            "images": str(images), "metric": metric}  # fmt: skip
+
+
+def test_a_custom_eval_set_is_scored_and_reported(trained: Params, tmp_path: Path) -> None:
+    from msr.eval.scoring import normalize_answer
+
+    spec = write_custom_set(trained, tmp_path / "set")
+    n = len(Path(spec["questions"]).read_text().splitlines())
+    raw = trained.model_dump(mode="json")
+    raw["paths"].update(eval=str(tmp_path / "eval"), reports=str(tmp_path / "reports"))
+    raw["eval"].update(synth=[], custom=[spec])
+    summary = eval_stage.run(parse_params(raw))
+    assert summary is not None and summary["benchmarks"]["my_set"]["n"] == n
+    cats = summary["categories"]["my_set"]
+    assert cats and all({"n", "acc", "majority"} <= set(v) for v in cats.values())
+    rows = [
+        json.loads(x) for x in (tmp_path / "eval/my_set/answers.jsonl").read_text().splitlines()
+    ]
+    lines = Path(spec["answers"]).read_text().splitlines()
+    gold = {json.loads(x)["question_id"]: json.loads(x)["answer"] for x in lines}
+    hits = [
+        normalize_answer(r["text"]) == normalize_answer(gold[r["question_id"]][0]) for r in rows
+    ]
+    assert summary["headline"]["my_set"] == pytest.approx(100 * sum(hits) / n)
+    assert "my_set" in (tmp_path / "reports" / "eval.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda q, a: q.write_text(q.read_text() + "{not json\n"), r"q.jsonl:\d+: not valid json"),
+        (
+            lambda q, a: a.write_text("".join(a.read_text().splitlines(True)[1:])),
+            r"question_id 0 has no line in",
+        ),
+        (
+            lambda q, a: q.write_text(q.read_text().replace('"text"', '"txt"', 1)),
+            r"q.jsonl:1: missing field 'text'",
+        ),
+        (
+            lambda q, a: a.write_text(a.read_text().replace('["', '[1, "', 1)),
+            r"a.jsonl:1: answer must be a string",
+        ),
+    ],
+)
+def test_a_malformed_custom_set_is_a_clear_error(
+    trained: Params, tmp_path: Path, damage, message
+) -> None:  # type: ignore[no-untyped-def]
+    from msr.eval.benchmarks.custom import Custom, CustomSetError
+
+    spec = write_custom_set(trained, tmp_path)
+    damage(Path(spec["questions"]), Path(spec["answers"]))
+    raw = trained.model_dump(mode="json")
+    raw["eval"]["custom"] = [spec]
+    with pytest.raises(CustomSetError, match=message):
+        Custom(parse_params(raw).eval.custom[0]).questions()
+
+
+def test_choice_metric_needs_letters(trained: Params, tmp_path: Path) -> None:
+    from msr.eval.benchmarks.custom import Custom, CustomSetError
+
+    spec = write_custom_set(trained, tmp_path, metric="choice")
+    raw = trained.model_dump(mode="json")
+    raw["eval"]["custom"] = [spec]
+    with pytest.raises(CustomSetError, match=r"metric 'choice' needs an option letter"):
+        Custom(parse_params(raw).eval.custom[0]).questions()

@@ -61,7 +61,8 @@ def summarize(results: dict[str, Any], params: Params, fingerprint: str) -> dict
 def render(s: dict[str, Any]) -> str:
     m = s["model"]
     names = [n for n in COLUMNS if n in s["benchmarks"]]
-    header = ["Model", "Projector", "M", *[COLUMNS[n] for n in names], "Avg."]
+    names += [n for n in s["benchmarks"] if n not in COLUMNS]  # eval.custom sets, by their name
+    header = ["Model", "Projector", "M", *[COLUMNS.get(n, n) for n in names], "Avg."]
     rows = [
         [
             "this run",
