@@ -470,26 +470,40 @@ def profile(
     out: Annotated[
         Path | None, typer.Option("--out", help="With --analytic: the json to write.")
     ] = None,
+    convention: Annotated[
+        str,
+        typer.Option(
+            "--convention",
+            help="Projector MACs the summary prints: pure (every multiply-accumulate) or ptflops "
+            "(ptflops' pytorch-backend convention, the paper's Table 7 'FLOPs' column). Both are "
+            "always computed and reported.",
+        ),
+    ] = "pure",
 ) -> None:
     """Efficiency profile: analytic MACs / KV cache / params and measured latencies (Table 7)."""
     _setup_logging()
+    from msr.profile.analytic import projector_macs_key
     from msr.utils.io import atomic_write_json
     from stages import profile as stage
 
+    try:
+        key = projector_macs_key(convention)
+    except ValueError as err:
+        raise _fail(f"--convention: {err}") from None
     p = _load(params, set_)
     try:
         if analytic:
-            result = stage.analytic(p)
+            result = stage.analytic(p, convention)
             if out is not None:
                 atomic_write_json(out, result)
         else:
-            result = stage.run(p)
+            result = stage.run(p, convention)
     except ValueError as err:
         raise _fail(str(err)) from None
     console.print(
         {
             k: result[k]
-            for k in ("visual_tokens", "projector_macs", "llm_macs", "kv_cache_bytes", "params")
+            for k in ("visual_tokens", key, "llm_macs", "kv_cache_bytes", "params", "convention")
         }
     )
 

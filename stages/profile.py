@@ -1,5 +1,6 @@
 """Stage `profile`: analytic cost of the active configuration and of every projector × budget,
-measured latencies on this device, reports/profile.{json,md} and a bar plot."""
+measured latencies on this device, reports/profile.{json,md} and a bar plot. Projector MACs come in
+both conventions (pure and ptflops'); `convention` records which one the caller reports."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from msr.config import Params
 from msr.models.configs import vision_grid
-from msr.profile.analytic import CONVENTIONS, analytic_profile
+from msr.profile.analytic import CONVENTIONS, analytic_profile, projector_macs_key
 from msr.profile.measure import measure
 from msr.projectors import PROJECTORS, projector_class
 from msr.report.profile import plot, render
@@ -18,12 +19,14 @@ from msr.utils.io import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 
-def analytic(params: Params) -> dict[str, Any]:
+def analytic(params: Params, convention: str = "pure") -> dict[str, Any]:
     """The DESIGN §3 keys for the active params, plus vision MACs and a typical prompt."""
-    return {**analytic_profile(params), "conventions": CONVENTIONS}
+    projector_macs_key(convention)  # ValueError naming the accepted conventions
+    return {**analytic_profile(params), "conventions": CONVENTIONS, "convention": convention}
 
 
-def run(params: Params) -> dict[str, Any]:
+def run(params: Params, convention: str = "pure") -> dict[str, Any]:
+    projector_macs_key(convention)
     active = analytic_profile(params)
     rows, not_run = [], []
     grid = vision_grid(params.vision)
@@ -45,6 +48,7 @@ def run(params: Params) -> dict[str, Any]:
             for k in (
                 "visual_tokens",
                 "projector_macs",
+                "projector_macs_ptflops",
                 "llm_macs",
                 "vision_macs",
                 "total_macs",
@@ -53,6 +57,7 @@ def run(params: Params) -> dict[str, Any]:
             )
         },
         "conventions": CONVENTIONS,
+        "convention": convention,
         "active": active,
         "comparison": [c for c, _ in rows],
         "measured": measured,

@@ -7,6 +7,8 @@ linear layers plus the attention score and value matmuls over the full sequence 
 halving). `kv_cache_bytes`: keys and values of the visual tokens, all layers, 2 bytes per value.
 `vision_macs`: the tower up to the feature layer. Params: the vision tower as it runs (blocks after
 the feature layer dropped), the projector, the whole LLM (embeddings and LM head included).
+`projector_macs_ptflops`: the same projector counted in ptflops' convention (`ptflops.py`), which is
+what the paper's Table 7 "FLOPs" column reports.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from msr.config import Params, Vision
 from msr.models.configs import llm_config, vision_config, vision_grid
 from msr.models.vision import VisionBackbone, vision_class
 from msr.profile.flops import counted_macs
+from msr.profile.ptflops import ptflops_macs
 from msr.projectors import build_projector, projector_class
 
 CONVENTIONS = (
@@ -28,8 +31,23 @@ CONVENTIONS = (
     "linear layers plus attention score and value matmuls over the full sequence (no causal halving). "
     "kv_cache_bytes: keys and values of the visual tokens, all layers, 2 bytes per value. vision_macs: "
     "the tower up to the feature layer. Params: vision tower as run (blocks after the feature layer "
-    "dropped), projector, whole LLM (embeddings and LM head included)."
+    "dropped), projector, whole LLM (embeddings and LM head included). projector_macs_ptflops: "
+    "the projector's MACs as ptflops >= 0.7.2 (pytorch backend) counts them, the convention of "
+    "the paper's Table 7 'FLOPs' column: listed modules, patched functionals and tensor ops only "
+    "(no @, +, *, F.linear, einsum or SDPA), so it can be above or below projector_macs."
 )
+
+# `msr profile --convention`: which projector count the summary reports.
+PROJECTOR_MACS_KEYS = {"pure": "projector_macs", "ptflops": "projector_macs_ptflops"}
+
+
+def projector_macs_key(convention: str) -> str:
+    """The result key of the projector MACs in `convention` ("pure" or "ptflops")."""
+    if convention not in PROJECTOR_MACS_KEYS:
+        raise ValueError(
+            f"unknown MAC convention {convention!r}; accepted: {', '.join(PROJECTOR_MACS_KEYS)}"
+        )
+    return PROJECTOR_MACS_KEYS[convention]
 
 
 def kept_layers(vcfg: PretrainedConfig, feature_layer: int) -> int:
@@ -115,6 +133,7 @@ def analytic_profile(
         features = torch.randn(1, n, proj.input_dim)
         vision_macs = counted_macs(lambda: tower(pixels))
         projector_macs = counted_macs(lambda: proj(features))
+        projector_macs_ptflops = ptflops_macs(proj, features)
         llm_macs = counted_macs(
             lambda: llm.model(inputs_embeds=torch.randn(1, m, lcfg.hidden_size), use_cache=True)
         )
@@ -129,6 +148,7 @@ def analytic_profile(
         "visual_tokens": m,
         "vision_macs": vision_macs,
         "projector_macs": projector_macs,
+        "projector_macs_ptflops": projector_macs_ptflops,
         "llm_macs": llm_macs,
         "total_macs": vision_macs + projector_macs + llm_macs,
         "kv_cache_bytes": kv_cache_bytes(lcfg, m),
