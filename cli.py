@@ -596,6 +596,27 @@ def compare(
 
 
 @app.command()
+def figures(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Directory (default: <paths.reports>/figures).")
+    ] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option(help="A photograph for the attention maps (default: one matplotlib ships)."),
+    ] = None,
+) -> None:
+    """Pictures: MS-Resampler's scope windows, its per-branch attention over a photograph (the
+    run's trained projector), the training curves."""
+    _setup_logging()
+    from stages import figures as stage
+
+    for path in stage.run(_load(params, set_), out, image):
+        console.print(str(path))
+
+
+@app.command()
 def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Summarise the run (training, evaluation, efficiency, benchmark) in reports/summary.md."""
     from stages import report as stage
