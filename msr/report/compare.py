@@ -71,10 +71,19 @@ def from_exp_show(rows: list[dict[str, Any]]) -> list[Experiment]:
         rev = str(row.get("rev", "?"))
         add(row, row.get("name") or (rev if rev == "workspace" else rev[:7]))
         for exp in row.get("experiments") or []:
+            if (exp.get("executor") or {}).get("state") in ("queued", "running", "failed"):
+                continue  # not run (yet): DVC shows the base commit's metrics for it
             for rev in exp.get("revs") or []:
                 add(rev, rev.get("name") or exp.get("name") or str(rev.get("rev", "?"))[:7])
     names = [e.name for e in found]
-    return [e for i, e in enumerate(found) if e.name not in names[:i]]  # first of each name
+    found = [e for i, e in enumerate(found) if e.name not in names[:i]]  # first of each name
+    if found and found[0].name == "workspace" and any(_same(found[0], e) for e in found[1:]):
+        found = found[1:]  # a clean workspace is its commit: one row
+    return found
+
+
+def _same(a: Experiment, b: Experiment) -> bool:
+    return a.params == b.params and a.eval == b.eval
 
 
 def compare(experiments: list[Experiment], baseline: str | None = None) -> dict[str, Any]:
@@ -93,8 +102,16 @@ def compare(experiments: list[Experiment], baseline: str | None = None) -> dict[
     benchmarks = list(
         dict.fromkeys(b for e in experiments for b in (e.eval or {}).get("headline", {}))
     )
-    keys = sorted({k for e in experiments for k in e.options})
-    differing = [k for k in keys if len({json.dumps(e.options.get(k)) for e in experiments}) > 1]
+    # options that differ between experiments of the same projector (across projectors every
+    # option differs trivially: they have different ones)
+    differing = sorted(
+        {
+            k
+            for name in {e.projector for e in experiments}
+            for k in {k for e in experiments if e.projector == name for k in e.options}
+            if len({json.dumps(e.options.get(k)) for e in experiments if e.projector == name}) > 1
+        }
+    )
     rows = []
     for e in experiments:
         head = (e.eval or {}).get("headline", {})
@@ -110,7 +127,7 @@ def compare(experiments: list[Experiment], baseline: str | None = None) -> dict[
                 "experiment": e.name,
                 "projector": e.projector,
                 "M": e.budget,
-                "options": {k: e.options.get(k) for k in differing},
+                "options": {k: e.options[k] for k in differing if k in e.options},
                 "scores": {b: head.get(b) for b in benchmarks},
                 "avg": 100 * sum(ratios) / len(ratios) if ratios else None,
                 "projector_macs": prof.get("projector_macs"),
@@ -147,7 +164,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             r["experiment"],
             f"`{r['projector']}`",
             _num(r["M"]),
-            *[json.dumps(r["options"][k]) for k in opts],
+            *[json.dumps(r["options"][k]) if k in r["options"] else "–" for k in opts],
             *[_num(r["scores"][b]) for b in benches],
             _num(r["avg"]),
             _macs(r["projector_macs"]),
@@ -185,7 +202,7 @@ def render_csv(result: dict[str, Any]) -> str:
                 "projector_params"])  # fmt: skip
     for r in result["rows"]:
         w.writerow([r["experiment"], r["projector"], r["M"],
-                    *[json.dumps(r["options"][k]) for k in opts],
+                    *[json.dumps(r["options"].get(k)) for k in opts],
                     *[r["scores"][b] for b in benches], r["avg"], r["projector_macs"],
                     r["projector_params"]])  # fmt: skip
     return buf.getvalue()
