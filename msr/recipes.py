@@ -24,7 +24,8 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "table1": Recipe(
-        "Table 1: every projector at M = 144 / 64 / 36, LLaVA-1.5's MLP at 576",
+        "Table 1: every projector at M = 144 / 64 / 36, LLaVA-1.5's MLP at 576 (llm.max_length must "
+        "hold 576 + the text: on the tiny preset add --set llm.max_length=1024)",
         (
             (f"projector.name={PROJECTORS_AT_BUDGET}", "projector.num_queries=144,64,36"),
             ("projector.name=mlp",),

@@ -236,3 +236,10 @@ def test_a_budget_the_grid_cannot_take_fails_at_load(repo_root: Path) -> None:
             repo_root / "params.yaml", ["projector.name=pixel_shuffle", "projector.num_queries=50"]
         )
     load_params(repo_root / "params.yaml", ["projector.name=resampler", "projector.num_queries=50"])
+
+
+def test_visual_tokens_that_fill_max_length_fail_at_load(repo_root: Path) -> None:
+    """The MLP keeps all 576 tokens: with the tiny preset's llm.max_length=256 no sample fits."""
+    with pytest.raises(ParamsError, match=r"mlp gives 576 visual tokens .* llm.max_length=256"):
+        load_params(repo_root / "params.yaml", ["projector.name=mlp"])
+    load_params(repo_root / "params.yaml", ["projector.name=mlp", "llm.max_length=1024"])

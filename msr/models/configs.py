@@ -88,6 +88,12 @@ def check_projector_fits(params: Params) -> None:
         return
     p = params.projector
     m = grid[0] * grid[1] if projector_class(p.name).keeps_all_tokens else p.num_queries
+    if m >= params.llm.max_length:
+        raise ValueError(
+            f"{p.name} gives {m} visual tokens per image, but llm.max_length={params.llm.max_length} "
+            f"leaves no room for the text: every image sample would be cut; raise llm.max_length "
+            f"(to {m} + the longest conversation) or lower projector.num_queries"
+        )
     with torch.device("meta"):
         build_projector(
             p.name,
