@@ -65,7 +65,9 @@ def _run(
     device = encode_device("auto")
     loaded = MLLM.from_pretrained(params.paths.finetune, dtype=e.dtype, device=device)
     out = Path(params.paths.eval)
-    cache = out / "cache"
+    # beside the DVC out, not in it: the cache holds every model's responses so far, so inside
+    # the out it would make identical answers hash differently depending on the history
+    cache = Path(params.paths.data) / "cache" / "eval"
     generator = Generator(
         loaded,
         GenerationArgs(max_new_tokens=e.max_new_tokens),

@@ -169,6 +169,10 @@ def test_eval_on_two_processes_equals_one(workspace: Params, tmp_path: Path) -> 
     one = {**raw, "paths": {**raw["paths"], "eval": str(tmp_path / "one")}}
     two = {**raw, "paths": {**raw["paths"], "eval": str(tmp_path / "two")}}
     one["paths"]["reports"], two["paths"]["reports"] = str(tmp_path / "r1"), str(tmp_path / "r2")
+    one["paths"]["data"], two["paths"]["data"] = (
+        str(tmp_path / "d1"),
+        str(tmp_path / "d2"),
+    )  # caches
     two["eval"] = {**raw["eval"], "launcher": "torchrun", "num_devices": 2}
     evaluate.run(parse_params(one))
     msr(parse_params(two), "eval", where=tmp_path)
