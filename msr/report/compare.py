@@ -135,6 +135,9 @@ def compare(experiments: list[Experiment], baseline: str | None = None) -> dict[
                 "categories": _categories(e),
             }
         )
+    # the baseline first, then by budget (largest first), projector and name
+    rows.sort(key=lambda r: (r["experiment"] != base_name, -(r["M"] or 0), r["projector"],
+                             r["experiment"]))  # fmt: skip
     return {"baseline": base_name, "benchmarks": benchmarks, "options": differing, "rows": rows}
 
 
