@@ -135,9 +135,12 @@ def compare(experiments: list[Experiment], baseline: str | None = None) -> dict[
                 "categories": _categories(e),
             }
         )
+
     # the baseline first, then by budget (largest first), projector and name
-    rows.sort(key=lambda r: (r["experiment"] != base_name, -(r["M"] or 0), r["projector"],
-                             r["experiment"]))  # fmt: skip
+    def order(r: dict[str, Any]) -> tuple[bool, int, str, str]:
+        return r["experiment"] != base_name, -int(r["M"] or 0), r["projector"], r["experiment"]
+
+    rows.sort(key=order)
     return {"baseline": base_name, "benchmarks": benchmarks, "options": differing, "rows": rows}
 
 
