@@ -61,22 +61,21 @@ def topology() -> Topology:
 
 
 def all_min(value: int, topo: Topology) -> int:
-    if topo.world_size == 1:
-        return value
-    t = torch.tensor(
-        [value], dtype=torch.long, device=topo.device if topo.device.type == "cuda" else "cpu"
-    )
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return int(t.item())
+    return _all_reduce(value, topo, dist.ReduceOp.MIN)
 
 
 def all_sum(value: int, topo: Topology) -> int:
+    return _all_reduce(value, topo, dist.ReduceOp.SUM)
+
+
+def _all_reduce(value: int, topo: Topology, op: Any) -> int:
+    """One int reduced over every rank (collective when there are several)."""
     if topo.world_size == 1:
         return value
     t = torch.tensor(
         [value], dtype=torch.long, device=topo.device if topo.device.type == "cuda" else "cpu"
     )
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op)
     return int(t.item())
 
 
