@@ -569,7 +569,12 @@ def compare(
     from msr.utils.io import atomic_write_json, atomic_write_text
 
     if from_json is not None:
-        rows = json.loads(from_json.read_text())
+        try:
+            rows = json.loads(from_json.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise _fail(
+                f"--from-json {from_json}: not a `dvc exp show --json` output ({err})"
+            ) from None
     else:
         cmd = ["dvc", "exp", "show", "--json", *(["--all-branches"] if all_branches else [])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
