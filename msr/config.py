@@ -119,6 +119,19 @@ class Vision(Section):
     dtype: DType = "bf16"
     build: VisionBuild | None = None
 
+    @property
+    def backbone_options(self) -> dict[str, Any]:
+        """The keyword arguments of msr.models.vision's load_vision / describe_vision."""
+        return {
+            "revision": self.revision,
+            "feature_layer": self.feature_layer,
+            "select": self.select,
+            "image_size": self.image_size,
+            "aspect": self.aspect,
+            "dtype": self.dtype,
+            "final_norm": self.final_norm,
+        }
+
     @model_validator(mode="after")
     def _one_origin(self) -> Vision:
         if self.build is not None and self.source is not None:

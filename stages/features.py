@@ -41,17 +41,7 @@ def encode_device(device: str = "auto") -> torch.device:
 def tower_of(params: Params, device: torch.device | str = "cpu") -> VisionBackbone:
     """The frozen backbone the params describe, at the requested resolution."""
     v = params.vision
-    return load_vision(
-        v.model,
-        revision=v.revision,
-        feature_layer=v.feature_layer,
-        select=v.select,
-        image_size=v.image_size,
-        aspect=v.aspect,
-        dtype=v.dtype,
-        final_norm=v.final_norm,
-        device=device,
-    )
+    return load_vision(v.model, device=device, **v.backbone_options)
 
 
 def sources_of(params: Params) -> list[Source]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from msr.report.markdown import table
+from msr.utils.io import atomic_save_figure
 
 
 @dataclass(frozen=True)
@@ -235,8 +236,4 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_title(f"experiments vs {result['baseline']}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    atomic_save_figure(fig, path)

@@ -15,19 +15,13 @@ from PIL import Image
 from msr.projectors.grid import region_layout
 from msr.projectors.ms_resampler import MSResampler
 from msr.projectors.scope import scope_bias
+from msr.utils.io import atomic_save_figure
 
 COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd")
 
 
 def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_save_figure(fig, path, dpi=130)
 
 
 def _plt() -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from msr.report.markdown import num, si, table
+from msr.utils.io import atomic_save_figure
 
 PURE = "proj. MACs (pure)"
 PTFLOPS = "proj. MACs (ptflops convention, as the paper's FLOPs column)"
@@ -152,9 +153,4 @@ def plot(r: dict[str, Any], path: Path) -> Path:
             for label in axis.get_xticklabels():
                 label.set_horizontalalignment("right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_save_figure(fig, path, dpi=110)

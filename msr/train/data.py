@@ -37,16 +37,7 @@ def feature_split(params: Params, split: str) -> FeatureSplit:
         table, fingerprint = read_manifest(root)
     except FileNotFoundError as err:
         raise TrainingError(str(err)) from None
-    expected, width, grid = describe_vision(
-        v.model,
-        revision=v.revision,
-        feature_layer=v.feature_layer,
-        select=v.select,
-        image_size=v.image_size,
-        aspect=v.aspect,
-        dtype=v.dtype,
-        final_norm=v.final_norm,
-    )
+    expected, width, grid = describe_vision(v.model, **v.backbone_options)
     if fingerprint.get("id") != expected["id"]:
         diffs = [
             f"{k}: {fingerprint.get(k)!r} vs {expected[k]!r}"
