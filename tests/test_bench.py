@@ -8,7 +8,17 @@ import torch
 
 from msr.config import Bench, BenchScale
 from msr.profile.flops import counted_macs
-from msr.profile.projector_bench import REFERENCE, flatten, ms_resampler_formula_macs, nest, targets
+from msr.profile.projector_bench import (
+    BRANCHES,
+    REFERENCE,
+    TORCH_FUSION,
+    _add_fusion_share,
+    bench_projectors,
+    flatten,
+    ms_resampler_formula_macs,
+    nest,
+    targets,
+)
 from msr.profile.timing import time_round_robin
 
 PAPER = BenchScale(batch=4, grid=(24, 24), vision_dim=1024, llm_dim=4096, num_queries=144)
@@ -92,3 +102,36 @@ def test_cpu_flash_attention_is_counted() -> None:
             counted_macs(lambda: torch.nn.functional.scaled_dot_product_attention(qm, km, vm))
             == expected
         )
+
+
+def test_fusion_share_is_one_minus_branches_over_model() -> None:
+    bench = Bench(scales={"paper": PAPER}, dtypes=["bf16"])
+    rows = [
+        _row("ms_resampler", "bf16", "forward+backward", 100.0),
+        _row(BRANCHES, "bf16", "forward+backward", 90.0),
+        _row(TORCH_FUSION, "bf16", "forward+backward", 300.0),
+        _row("mlp", "bf16", "forward+backward", 50.0),
+    ]
+    _add_fusion_share(rows)
+    share = {r["projector"]: r["fusion_share"] for r in rows}
+    assert abs(share["ms_resampler"] - 0.10) < 1e-12
+    assert abs(share[TORCH_FUSION] - 0.70) < 1e-12
+    assert share["mlp"] is None and share[BRANCHES] is None
+    t = targets(rows, bench, {})["fusion_share_fwd_bwd"]["bf16"]
+    assert t["met"] and t["target"] == 0.15 and abs(t["torch_fusion_share"] - 0.70) < 1e-12
+    rows[0]["median_ms"] = 120.0
+    _add_fusion_share(rows)
+    assert not targets(rows, bench, {})["fusion_share_fwd_bwd"]["bf16"]["met"]
+
+
+def test_bench_times_the_branches_and_both_fusions_side_by_side() -> None:
+    tiny = BenchScale(batch=2, grid=(6, 6), vision_dim=16, llm_dim=32, num_queries=9)
+    bench = Bench(scales={"tiny": tiny}, projectors=["ms_resampler"], repeats=1, warmup=0)
+    result = bench_projectors(bench, {"ms_resampler": {"kernels": [2, 6]}})
+    rows = {(r["projector"], r["dtype"], r["mode"]): r for r in flatten(result["results"])}
+    for dt in ("fp32", "bf16"):
+        for mode in ("forward", "forward+backward"):
+            model, branches = rows[("ms_resampler", dt, mode)], rows[(BRANCHES, dt, mode)]
+            assert rows[(TORCH_FUSION, dt, mode)]["macs_counted"] == model["macs_counted"]
+            assert branches["macs_counted"] < model["macs_counted"]  # the fusion's matmuls
+            assert model["fusion_share"] == 1 - branches["median_ms"] / model["median_ms"]

@@ -1,12 +1,17 @@
 """The projector benchmark: every registered projector (and the textbook MS-Resampler) at each scale,
 forward and forward+backward, fp32 and bf16, timed round-robin; MACs analytic and counted.
 
+MS-Resampler gets two more rows, timed in the same round robin: its E branches alone
+(`forward_branches`, everything but the fusion) and the model with the PyTorch implementation of
+the channel-wise fusion instead of the native kernel. fusion share = 1 − branches / model.
+
 Forward runs under no_grad (inference). Forward+backward treats the features as frozen (no grad to
 X), as in training with a frozen vision tower, and drops parameter grads between repeats.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -19,6 +24,7 @@ from msr.profile.environment import environment
 from msr.profile.flops import counted_macs
 from msr.profile.timing import matmul_peak_gflops, time_round_robin
 from msr.projectors import PROJECTORS, Projector, build_projector, projector_class
+from msr.projectors.fusion import ChannelMLPFusion
 from msr.projectors.ms_resampler import MSResampler
 from msr.projectors.reference import reference_forward, reference_macs
 
@@ -27,7 +33,11 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODES = ("forward", "forward+backward")
 REFERENCE = "ms_resampler (textbook)"
+BRANCHES = "ms_resampler (branches)"
+TORCH_FUSION = "ms_resampler (torch fusion)"
+VARIANTS = (REFERENCE, BRANCHES, TORCH_FUSION)  # rows that time an MS-Resampler another way
 SPEEDUP_TARGET = 3.0
+FUSION_SHARE_TARGET = 0.15
 MACS_TOLERANCE = 0.05
 
 
@@ -88,19 +98,30 @@ def _candidates(
         out[name] = (module, functools.partial(module, x))
         if isinstance(module, MSResampler):
             out[REFERENCE] = (module, functools.partial(reference_forward, module, x))
+            out[BRANCHES] = (module, functools.partial(module.forward_branches, x))
+            if isinstance(module.fusion, ChannelMLPFusion):
+                twin = copy.deepcopy(module)
+                assert isinstance(twin.fusion, ChannelMLPFusion)
+                twin.fusion.impl = "torch"
+                out[TORCH_FUSION] = (twin, functools.partial(twin, x))
     return out, skipped
 
 
 def _count(label: str, scale: BenchScale, options: Mapping[str, Any], mode: str) -> int:
     """Counted MACs of one call of `mode`, on meta tensors (no compute, no memory)."""
-    name = "ms_resampler" if label == REFERENCE else label
+    name = "ms_resampler" if label in VARIANTS else label
     n = scale.grid[0] * scale.grid[1]
     with torch.device("meta"):
         twin = build_for_scale(name, scale, options)
         x = torch.randn(scale.batch, n, twin.input_dim)
 
         def call() -> object:
-            y = reference_forward(twin, x) if label == REFERENCE else twin(x)  # type: ignore[arg-type]
+            if label == REFERENCE:
+                y = reference_forward(twin, x)  # type: ignore[arg-type]
+            elif label == BRANCHES:
+                y = twin.forward_branches(x)  # type: ignore[operator]
+            else:
+                y = twin(x)
             if mode == "forward+backward":
                 y.backward(torch.ones_like(y))
             return y
@@ -112,6 +133,8 @@ def _analytic(label: str, module: Projector, scale: BenchScale) -> int:
     grid = (scale.grid[0], scale.grid[1])
     if label == REFERENCE:
         return reference_macs(module, scale.batch, grid)  # type: ignore[arg-type]
+    if label == BRANCHES:
+        return module.attention.macs(scale.batch, grid[0] * grid[1])  # type: ignore[union-attr, operator]
     return module.analytic_macs(scale.batch, grid)
 
 
@@ -138,7 +161,7 @@ def bench_projectors(bench: Bench, options: Mapping[str, Mapping[str, Any]]) -> 
                 runners = {label: _runner(fn, mod, mode) for label, (mod, fn) in cands.items()}
                 timings = time_round_robin(runners, bench.repeats, bench.warmup)
                 for label, (module, _) in cands.items():
-                    name = "ms_resampler" if label == REFERENCE else label
+                    name = "ms_resampler" if label in VARIANTS else label
                     macs = _count(label, scale, options.get(name, {}), mode)
                     t = timings[label]
                     result["rows"].append(
@@ -160,6 +183,7 @@ def bench_projectors(bench: Bench, options: Mapping[str, Mapping[str, Any]]) -> 
                     )
     rows = result.pop("rows")
     _add_ratios(rows)
+    _add_fusion_share(rows)
     result["targets"] = targets(rows, bench, options.get("ms_resampler", {}))
     result["results"] = nest(rows)
     return result
@@ -200,6 +224,19 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
         r["ratio_to_mlp"] = r["median_ms"] / base if base else None
 
 
+def _add_fusion_share(rows: list[dict[str, Any]]) -> None:
+    """fusion_share = 1 − (branches alone) / (whole model), for MS-Resampler with either fusion."""
+    branches = {
+        (r["scale"], r["dtype"], r["mode"]): r["median_ms"]
+        for r in rows
+        if r["projector"] == BRANCHES
+    }
+    for r in rows:
+        base = branches.get((r["scale"], r["dtype"], r["mode"]))
+        whole = r["projector"] in ("ms_resampler", TORCH_FUSION)
+        r["fusion_share"] = 1.0 - base / r["median_ms"] if whole and base else None
+
+
 def ms_resampler_formula_macs(scale: BenchScale, branches: int) -> int:
     """The design formula: per image and branch 2·M·N·d + M·d·c, plus M·c·d per batch and branch."""
     n, d, c, m = scale.grid[0] * scale.grid[1], scale.vision_dim, scale.llm_dim, scale.num_queries
@@ -213,7 +250,11 @@ def targets(
     if "paper" not in bench.scales:
         return {}
     get = {(r["projector"], r["scale"], r["dtype"], r["mode"]): r for r in rows}
-    out: dict[str, Any] = {"speedup_vs_textbook_fwd_bwd": {}, "forward_vs_mlp": {}}
+    out: dict[str, Any] = {
+        "speedup_vs_textbook_fwd_bwd": {},
+        "forward_vs_mlp": {},
+        "fusion_share_fwd_bwd": {},
+    }
     for dt in bench.dtypes:
         fast = get.get(("ms_resampler", "paper", dt, "forward+backward"))
         ref = get.get((REFERENCE, "paper", dt, "forward+backward"))
@@ -223,6 +264,14 @@ def targets(
                 "speedup": speedup,
                 "target": SPEEDUP_TARGET,
                 "met": speedup >= SPEEDUP_TARGET,
+            }
+        if fast and fast.get("fusion_share") is not None:
+            torch_fusion = get.get((TORCH_FUSION, "paper", dt, "forward+backward"))
+            out["fusion_share_fwd_bwd"][dt] = {
+                "share": fast["fusion_share"],
+                "torch_fusion_share": torch_fusion["fusion_share"] if torch_fusion else None,
+                "target": FUSION_SHARE_TARGET,
+                "met": fast["fusion_share"] <= FUSION_SHARE_TARGET,
             }
         fwd = get.get(("ms_resampler", "paper", dt, "forward"))
         if fwd and fwd["ratio_to_mlp"] is not None:

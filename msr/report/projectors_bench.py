@@ -12,7 +12,10 @@ CONVENTIONS = (
     "elementwise ops, norms, pooling and softmax are not counted. *analytic* is each projector's "
     "closed-form formula, *counted* is `torch.utils.flop_counter` on the code as it runs. Forward runs "
     "under no_grad; forward+backward keeps the features frozen (no gradient to X), as in training. "
-    "Times are medians of round-robin repeats after warm-up; compare ratios within one table."
+    "Times are medians of round-robin repeats after warm-up; compare ratios within one table. "
+    "*fusion share* = 1 − (MS-Resampler's branches alone) / (the whole MS-Resampler): the cost of "
+    "the fusion (Eq. 7–8); the `(torch fusion)` row runs it with PyTorch ops instead of the native "
+    "kernel."
 )
 
 
@@ -71,6 +74,8 @@ def _scale_table(rows: list[dict[str, Any]], scale: str, dt: str) -> str:
         "fwd+bwd ms",
         "fwd+bwd % peak",
         "fwd+bwd / mlp",
+        "fusion share fwd",
+        "fusion share fwd+bwd",
     ]
     body = []
     for name in names:
@@ -91,9 +96,16 @@ def _scale_table(rows: list[dict[str, Any]], scale: str, dt: str) -> str:
                 num(b["median_ms"], 1),
                 num(100 * b["peak_fraction"], 0),
                 num(b["ratio_to_mlp"]),
+                _share(f),
+                _share(b),
             ]
         )
     return table(header, body)
+
+
+def _share(row: dict[str, Any]) -> str:
+    share = row.get("fusion_share")
+    return "" if share is None else f"{100 * share:.0f}%"
 
 
 def _targets(targets: dict[str, Any]) -> list[str]:
@@ -104,6 +116,14 @@ def _targets(targets: dict[str, Any]) -> list[str]:
         lines.append(
             f"- MS-Resampler forward+backward vs the textbook loop, {dt}: **{t['speedup']:.2f}×** "
             f"(target ≥ {t['target']:.0f}×: {'met' if t['met'] else 'NOT met'})"
+        )
+    for dt, t in targets.get("fusion_share_fwd_bwd", {}).items():
+        before = t.get("torch_fusion_share")
+        lines.append(
+            f"- MS-Resampler's channel-wise fusion, share of its forward+backward, {dt}: "
+            f"**{100 * t['share']:.1f}%** (target ≤ {100 * t['target']:.0f}%: "
+            f"{'met' if t['met'] else 'NOT met'})"
+            + (f"; with the PyTorch fusion {100 * before:.1f}%" if before is not None else "")
         )
     for dt, t in targets.get("forward_vs_mlp", {}).items():
         lines.append(

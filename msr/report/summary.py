@@ -51,5 +51,10 @@ def summary(params: Params) -> str:
         lines.append(
             f"- MS-Resampler forward+backward vs the textbook loop: {speed} (details: projectors_bench.md)"
         )
+        share = ", ".join(
+            f"{dt} {100 * v['share']:.0f}%" for dt, v in t.get("fusion_share_fwd_bwd", {}).items()
+        )
+        if share:
+            lines.append(f"- the channel-wise fusion's share of MS-Resampler forward+backward: {share}")
     lines.append("")
     return "\n".join(lines)
