@@ -55,6 +55,8 @@ def summary(params: Params) -> str:
             f"{dt} {100 * v['share']:.0f}%" for dt, v in t.get("fusion_share_fwd_bwd", {}).items()
         )
         if share:
-            lines.append(f"- the channel-wise fusion's share of MS-Resampler forward+backward: {share}")
+            lines.append(
+                f"- the channel-wise fusion's share of MS-Resampler forward+backward: {share}"
+            )
     lines.append("")
     return "\n".join(lines)
