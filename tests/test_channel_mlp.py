@@ -203,3 +203,21 @@ def test_checkpoints_load_under_either_implementation() -> None:
     assert set(a.state_dict()) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"}
     o = torch.randn(3, 2, 36, C)
     torch.testing.assert_close(a(o), b(o), rtol=1e-5, atol=1e-5)
+
+
+def test_op_counters_see_the_fusion_on_cpu() -> None:
+    """A FLOP counter (a dispatch mode) cannot see the kernel: under one, `auto` runs torch ops."""
+    from msr.profile.flops import counted_macs
+
+    fusion = ChannelMLPFusion(3, 8)
+    counts = []
+    for device in ("cpu", "meta"):
+        with torch.device(device):
+            f = ChannelMLPFusion(3, 8)
+            o = torch.randn(3, 2, 36, C)
+        counts.append(counted_macs(lambda f=f, o=o: f(o)))
+    assert counts[0] == counts[1] == 2 * 36 * C * (8 * 3 + 8)
+    assert native_unavailable(torch.randn(3, 5), fusion.fc1.weight) in (None, _NO_KERNEL)
+
+
+_NO_KERNEL = "the kernel could not be built (see the log) or MSR_KERNELS=0"

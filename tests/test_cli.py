@@ -106,7 +106,14 @@ def test_projectors_bench_writes_reports(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "r" / "projectors_bench.json").read_text())
     rows = data["results"]["tiny"]["fp32"]
-    assert set(rows["forward"]) == {"mlp", "ms_resampler", "ms_resampler (textbook)", "avgpool"}
+    assert set(rows["forward"]) == {
+        "mlp",
+        "ms_resampler",
+        "ms_resampler (textbook)",
+        "ms_resampler (branches)",
+        "ms_resampler (torch fusion)",
+        "avgpool",
+    }
     assert rows["forward"]["mlp"]["ratio_to_mlp"] == 1.0
     assert (
         rows["forward"]["ms_resampler"]["macs_counted"]
@@ -115,6 +122,8 @@ def test_projectors_bench_writes_reports(tmp_path: Path) -> None:
     assert rows["forward+backward"]["mlp"]["macs_counted"] > rows["forward"]["mlp"]["macs_counted"]
     md = (tmp_path / "r" / "projectors_bench.md").read_text()
     assert "| `ms_resampler` | 36 |" in md
+    share = rows["forward+backward"]["ms_resampler"]["fusion_share"]
+    assert share is not None and f"{100 * share:.0f}%" in md  # timings: no bound asserted
 
 
 def test_bad_override_exits_with_the_key(tmp_path: Path) -> None:

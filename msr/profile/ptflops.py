@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from msr.projectors.channel_mlp import torch_ops
+
 ModuleRule = Callable[
     [Any, tuple[Any, ...], dict[str, Any], Any], int
 ]  # (module, args, kwargs, out)
@@ -281,24 +283,25 @@ def ptflops_counting(module: nn.Module) -> Iterator[PtflopsCount]:
     count = PtflopsCount()
     handles = []
     saved: list[tuple[object, str, object]] = []  # (owner, name, own attribute or _MISSING)
-    try:
-        for m in _counted_modules(module):
-            hook = _counting_hook(MODULE_RULES[type(m)], count)
-            handles.append(m.register_forward_hook(hook, with_kwargs=True))
-        for owner, name, op_rule in (*_FUNCTIONALS, *_TENSOR_OPS):
-            own = vars(owner).get(name, _MISSING)  # Tensor methods live on a base class
-            setattr(owner, name, _counting_op(getattr(owner, name), op_rule, count))
-            saved.append((owner, name, own))
-        yield count
-    finally:
-        for owner, name, own in reversed(saved):
-            if own is _MISSING:
-                delattr(owner, name)
-            else:
-                setattr(owner, name, own)
-        for handle in handles:
-            handle.remove()
-        _active = False
+    with torch_ops():  # the channel-wise fusion as the torch ops ptflops sees
+        try:
+            for m in _counted_modules(module):
+                hook = _counting_hook(MODULE_RULES[type(m)], count)
+                handles.append(m.register_forward_hook(hook, with_kwargs=True))
+            for owner, name, op_rule in (*_FUNCTIONALS, *_TENSOR_OPS):
+                own = vars(owner).get(name, _MISSING)  # Tensor methods live on a base class
+                setattr(owner, name, _counting_op(getattr(owner, name), op_rule, count))
+                saved.append((owner, name, own))
+            yield count
+        finally:
+            for owner, name, own in reversed(saved):
+                if own is _MISSING:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, own)
+            for handle in handles:
+                handle.remove()
+            _active = False
 
 
 def ptflops_macs(module: nn.Module, *inputs: Any) -> int:

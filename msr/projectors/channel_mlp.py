@@ -6,26 +6,44 @@ implementations of the same function, neither of which stores the (h, P) hidden 
   columns in L1-sized tiles, erf and exp once per hidden value, fp32 arithmetic with one rounding of
   the outputs, columns split between `torch.get_num_threads()` threads.
 - `torch`: PyTorch ops on cache-sized column blocks, in the columns' dtype (any device or dtype).
-`auto` takes `native` where it applies and the kernel could be built, `torch` otherwise.
+`auto` takes `native` where it applies and the kernel could be built, `torch` otherwise. Op
+counters see only PyTorch ops, so under a torch dispatch mode (FlopCounterMode, fake tensors) and
+inside `torch_ops()` (msr's ptflops counter) `auto` takes `torch`: counts are those of the same
+arithmetic either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import itertools
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from msr.projectors import kernels
 
 Impl = Literal["auto", "native", "torch"]
 IMPLS = ("auto", "native", "torch")
 _NATIVE_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
+_torch_ops_depth = 0
+
+
+@contextlib.contextmanager
+def torch_ops() -> Iterator[None]:
+    """Inside the block, `auto` runs the PyTorch implementation (for counters that patch torch)."""
+    global _torch_ops_depth
+    _torch_ops_depth += 1
+    try:
+        yield
+    finally:
+        _torch_ops_depth -= 1
 
 
 def channel_mlp(
@@ -46,6 +64,8 @@ def channel_mlp(
 
 def native_unavailable(z: Tensor, w1: Tensor) -> str | None:
     """Why the native kernel does not apply to these columns, or None when it does."""
+    if _torch_ops_depth or _get_current_dispatch_mode() is not None:
+        return "an op counter or dispatch mode is active (it must see every op)"
     if z.device.type != "cpu":
         return f"columns on {z.device.type} (the kernel is for CPU)"
     if z.dtype not in _NATIVE_DTYPES:
@@ -203,4 +223,4 @@ def _blocks(z: Tensor, hidden: int) -> list[slice]:
     return [slice(i, min(i + step, total)) for i in range(0, total, step)]
 
 
-__all__ = ["IMPLS", "Impl", "channel_mlp", "native_unavailable"]
+__all__ = ["IMPLS", "Impl", "channel_mlp", "native_unavailable", "torch_ops"]
