@@ -36,13 +36,13 @@ typedef uint32_t vu __attribute__((vector_size(4 * V))); /* fp32 bit patterns */
 typedef uint16_t vh __attribute__((vector_size(2 * V))); /* bf16 bit patterns */
 
 INLINE vf splat(float a) { return (vf){0} + a; }
-INLINE vf select(vi mask, vf a, vf b) { return (vf)(((vu)a & (vu)mask) | ((vu)b & ~(vu)mask)); }
+INLINE vf blend(vi mask, vf a, vf b) { return (vf)(((vu)a & (vu)mask) | ((vu)b & ~(vu)mask)); }
 INLINE vf vabs(vf x) { return (vf)((vu)x & 0x7fffffffu); }
 
 /* exp(x) for x <= 0 (here -x^2/2): Cephes expf's range reduction and degree-5 polynomial.
  * n = round(x / ln 2) by the 1.5 * 2^23 trick, whose low mantissa bits are then n itself. */
 INLINE vf exp_neg(vf x) {
-    x = select(x < -87.0f, splat(-87.0f), x);
+    x = blend(x < -87.0f, splat(-87.0f), x);
     const vf shifted = x * 1.44269504088896341f + 12582912.0f;
     const vf n = shifted - 12582912.0f;
     const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
@@ -58,7 +58,7 @@ INLINE vf exp_neg(vf x) {
 
 /* Phi(x) from (1 - erf|u|) / 2, u = x / sqrt 2: itself for x < 0, one minus it otherwise. */
 INLINE vf phi_from_tail(vf x, vf half_erfc) {
-    return select(x < 0.0f, half_erfc, 1.0f - half_erfc);
+    return blend(x < 0.0f, half_erfc, 1.0f - half_erfc);
 }
 
 /* Phi(x), forward: erf by Abramowitz-Stegun 7.1.28, 1 - (1 + a1 u + ... + a6 u^6)^-16. */
