@@ -39,20 +39,21 @@ INLINE vf splat(float a) { return (vf){0} + a; }
 INLINE vf blend(vi mask, vf a, vf b) { return (vf)(((vu)a & (vu)mask) | ((vu)b & ~(vu)mask)); }
 INLINE vf vabs(vf x) { return (vf)((vu)x & 0x7fffffffu); }
 
-/* exp(x) for x <= 0 (here -x^2/2): Cephes expf's range reduction and degree-5 polynomial.
- * n = round(x / ln 2) by the 1.5 * 2^23 trick, whose low mantissa bits are then n itself. */
-INLINE vf exp_neg(vf x) {
-    x = blend(x < -87.0f, splat(-87.0f), x);
-    const vf shifted = x * 1.44269504088896341f + 12582912.0f;
-    const vf n = shifted - 12582912.0f;
-    const vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    vf p = splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
+/* exp(-x^2/2) as 2^y, y = -x^2 / (2 ln 2): y = n + f with n = round(y) (by the 1.5 * 2^23 trick,
+ * whose low mantissa bits are then n itself) and 2^f from its degree-6 Taylor polynomial on
+ * |f| <= 1/2 (relative error ~1e-7). y is clamped at -126 (2^-126: every smaller value is 0 here). */
+INLINE vf exp_half_square(vf x) {
+    vf y = x * x * -0.72134752044448170f;
+    y = blend(y < -126.0f, splat(-126.0f), y);
+    const vf shifted = y + 12582912.0f;
+    const vf f = y - (shifted - 12582912.0f);
+    vf p = splat(1.5403530393381609e-4f);
+    p = p * f + 1.3333558146428443e-3f;
+    p = p * f + 9.6181291076284772e-3f;
+    p = p * f + 5.5504108664821580e-2f;
+    p = p * f + 2.4022650695910071e-1f;
+    p = p * f + 6.9314718055994531e-1f;
+    p = p * f + 1.0f;
     return p * (vf)(((vu)shifted - 0x4b400000u + 127u) << 23); /* times 2^n */
 }
 
@@ -87,7 +88,7 @@ INLINE vf phi_backward(vf x, vf *e) {
     poly = poly * t + 1.421413741f;
     poly = poly * t - 0.284496736f;
     poly = poly * t + 0.254829592f;
-    *e = exp_neg(-0.5f * x * x);
+    *e = exp_half_square(x);
     return phi_from_tail(x, 0.5f * poly * t * *e);
 }
 
