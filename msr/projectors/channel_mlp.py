@@ -152,7 +152,7 @@ class _Native(torch.autograd.Function):
         fw1, fb1, fw2 = _f32(w1), _f32(b1), _f32(w2)
         gz = torch.empty_like(z) if ctx.needs_input_grad[0] else None
         chunk = lib.msr_channel_mlp_chunk()
-        S = H * E + 2 * H
+        S = H * E + 2 * H + 1  # gw1, gb1, gw2, gb2
         sums = torch.zeros(-(-P // chunk), S, dtype=torch.float64)  # one row per chunk of columns
         fn = getattr(lib, f"msr_channel_mlp_backward_{_NATIVE_DTYPES[z.dtype]}")
         calls = [
@@ -177,8 +177,8 @@ class _Native(torch.autograd.Function):
         total = sums.sum(dim=0)
         gw1 = total[: H * E].view(H, E).to(w1.dtype)
         gb1 = total[H * E : H * E + H].to(b1.dtype)
-        gw2 = total[H * E + H :].view(1, H).to(w2.dtype)
-        gb2 = grad.sum(dtype=torch.float64).view(1).to(b2.dtype)
+        gw2 = total[H * E + H : H * E + 2 * H].view(1, H).to(w2.dtype)
+        gb2 = total[H * E + 2 * H :].to(b2.dtype)
         return gz, gw1, gb1, gw2, gb2
 
 

@@ -159,11 +159,13 @@ INLINE void forward_block(float zb[][BLOCK], float out[][BLOCK], int64_t E, int6
     }
 }
 
-/* Gradients of one block: gzb (E rows) = dL/dz, and the lane sums of dL/dw1, dL/db1, dL/dw2 grow. */
+/* Gradients of one block: gzb (E rows) = dL/dz, and the lane sums of dL/dw1, dL/db1, dL/dw2 and
+ * dL/db2 grow. */
 INLINE void backward_block(float zb[][BLOCK], const float *gb, float gzb[][BLOCK], int64_t E,
                            int64_t H, const float *w1, const float *b1, const float *w2,
-                           vf sw1[][MAX_E], vf *sb1, vf *sw2) {
+                           vf sw1[][MAX_E], vf *sb1, vf *sw2, vf *sb2) {
     for (int64_t e = 0; e < E; e++) memset(gzb[e], 0, sizeof(gzb[e]));
+    for (int64_t v = 0; v < BLOCK; v += V) *sb2 += at(gb, v); /* dL/db2 */
     for (int64_t k = 0; k < H; k++) {
         const float *w = w1 + k * E;
         vf aw1[MAX_E], ab1 = splat(0.0f), aw2 = splat(0.0f);
@@ -189,9 +191,12 @@ INLINE void backward_block(float zb[][BLOCK], const float *gb, float gzb[][BLOCK
     }
 }
 
-/* One chunk's lane sums into a row of doubles: gw1 (H*E), gb1 (H), gw2 (H). */
-static void flush(vf sw1[][MAX_E], const vf *sb1, const vf *sw2, int64_t E, int64_t H,
+/* One chunk's lane sums into a row of doubles: gw1 (H*E), gb1 (H), gw2 (H), gb2 (1). */
+static void flush(vf sw1[][MAX_E], const vf *sb1, const vf *sw2, vf sb2, int64_t E, int64_t H,
                   double *row) {
+    double t2 = 0.0;
+    for (int64_t i = 0; i < V; i++) t2 += sb2[i];
+    row[H * E + 2 * H] = t2;
     for (int64_t k = 0; k < H; k++) {
         double tb = 0.0, tw = 0.0;
         for (int64_t i = 0; i < V; i++) {
@@ -235,16 +240,18 @@ static void flush(vf sw1[][MAX_E], const vf *sb1, const vf *sw2, int64_t E, int6
 FORWARD(float, f32)
 FORWARD(uint16_t, bf16)
 
-/* Columns [start, stop), start a multiple of CHUNK; sums gets one row of H*E + 2H doubles per chunk,
+/* Columns [start, stop), start a multiple of CHUNK; sums gets one row of H*E + 2H + 1 doubles per chunk,
  * so the sums do not depend on how the columns were split between threads. gz may be NULL. */
 #define BACKWARD(T, SUFFIX)                                                                       \
     INLINE void backward_##SUFFIX(const T *z, const T *grad, T *gz, double *sums, int64_t P,     \
                                   int64_t E, int64_t H, const float *w1, const float *b1,        \
                                   const float *w2, int64_t start, int64_t stop) {                 \
         static __thread vf sw1[MAX_H][MAX_E], sb1[MAX_H], sw2[MAX_H];                             \
+        vf sb2;                                                                                   \
         float zb[MAX_E][BLOCK], gzb[MAX_E][BLOCK], gb[1][BLOCK];                                  \
         for (int64_t c0 = start; c0 < stop; c0 += CHUNK) {                                        \
             const int64_t c1 = stop - c0 < CHUNK ? stop : c0 + CHUNK;                             \
+            sb2 = splat(0.0f);                                                                    \
             for (int64_t k = 0; k < H; k++) {                                                     \
                 sb1[k] = sw2[k] = splat(0.0f);                                                    \
                 for (int64_t e = 0; e < E; e++) sw1[k][e] = splat(0.0f);                          \
@@ -253,10 +260,10 @@ FORWARD(uint16_t, bf16)
                 const int64_t n = c1 - p0 < BLOCK ? c1 - p0 : BLOCK;                              \
                 load_block_##SUFFIX(z, P, E, p0, n, zb);                                          \
                 load_block_##SUFFIX(grad, 0, 1, p0, n, gb); /* 0 past n: adds nothing */         \
-                backward_block(zb, gb[0], gzb, E, H, w1, b1, w2, sw1, sb1, sw2);                  \
+                backward_block(zb, gb[0], gzb, E, H, w1, b1, w2, sw1, sb1, sw2, &sb2);           \
                 if (gz) store_block_##SUFFIX(gz, P, E, p0, n, gzb);                               \
             }                                                                                     \
-            flush(sw1, sb1, sw2, E, H, sums + ((c0 - start) / CHUNK) * (H * E + 2 * H));          \
+            flush(sw1, sb1, sw2, sb2, E, H, sums + ((c0 - start) / CHUNK) * (H * E + 2 * H + 1));  \
         }                                                                                         \
     }                                                                                             \
     void msr_channel_mlp_backward_##SUFFIX(const T *z, const T *grad, T *gz, double *sums,       \
