@@ -215,8 +215,12 @@ def render_csv(result: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+HATCHES = ("", "///", "...", "xxx", "\\\\\\", "ooo")
+
+
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Grouped bars: one group per benchmark (and Avg.), one bar per experiment."""
+    """Grouped bars: one group per benchmark (and Avg.), one bar per experiment; the colour names
+    the projector and the hatch the token budget M, so a large grid stays readable."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -224,12 +228,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import numpy as np
 
     rows, benches = result["rows"], [*result["benchmarks"], "Avg."]
+    projectors = list(dict.fromkeys(r["projector"] for r in rows))
+    budgets = sorted({r["M"] for r in rows}, reverse=True)
+    colors = plt.get_cmap("tab10" if len(projectors) <= 10 else "tab20")
     width = 0.8 / max(1, len(rows))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(benches)), 3.6))
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 1.4 * len(benches), 0.12 * len(rows) * len(benches)), 4.2)
+    )
     x = np.arange(len(benches))
     for i, r in enumerate(rows):
         values = [r["scores"].get(b) for b in result["benchmarks"]] + [r["avg"]]
         ax.bar(x + i * width, [v or 0.0 for v in values], width,
+               color=colors(projectors.index(r["projector"])), edgecolor="white", linewidth=0.3,
+               hatch=HATCHES[budgets.index(r["M"]) % len(HATCHES)],
                label=f"{r['experiment']} ({r['projector']}, M={r['M']})")  # fmt: skip
     ax.set_xticks(x + width * (len(rows) - 1) / 2, benches, rotation=20, ha="right")
     ax.set_ylabel("score (Avg.: % of baseline)")
