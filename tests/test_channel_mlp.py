@@ -105,11 +105,18 @@ def test_ms_resampler_equals_its_reference_for_every_fusion(
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, list(proj.parameters()), g)
     grads_ref = torch.autograd.grad(y_ref, list(proj.parameters()), g)
+    largest = max(r.float().abs().max() for r in grads_ref)
     for (name, _), a, b in zip(proj.named_parameters(), grads, grads_ref, strict=True):
-        # per tensor, but at least 1% of the largest (score.bias's gradient is 0: both are noise)
-        scale = (
-            b.float().abs().max().clamp_min(0.01 * max(r.float().abs().max() for r in grads_ref))
-        )
+        if name == "fusion.score.bias":
+            # softmax over branches is shift invariant: this gradient is exactly 0, both are
+            # rounding noise (bf16: up to 1% of the largest gradient over seeds 0-5), so both
+            # must be small against the largest gradient
+            bound = {torch.float32: 1e-5, torch.bfloat16: 5e-2}[dtype] * largest
+            for noise in (a, b):
+                assert noise.float().abs().max() <= bound, (name, noise)
+            continue
+        # per tensor, but at least 1% of the largest
+        scale = b.float().abs().max().clamp_min(0.01 * largest)
         torch.testing.assert_close(a.float() / scale, b.float() / scale, **tol, msg=name)
 
 
