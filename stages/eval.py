@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from msr.config import Params
-from msr.eval.answers import answer_records, read_answers, write_answers
+from msr.eval.answers import answer_records, answer_spread, read_answers, write_answers
 from msr.eval.benchmarks import make_benchmark
 from msr.eval.benchmarks.custom import Custom
 from msr.eval.generate import GenerationArgs, Generator, ResponseCache
@@ -97,6 +97,7 @@ def _run(
             "main": bench.main,
             "metrics": bench.metrics(questions, scored),
             "categories": bench.per_category(questions, scored),
+            "answers": answer_spread(scored.values(), (q.gold for q in questions)),
         }
         log.info("%s: %s", name, {k: round(v, 2) for k, v in results[name]["metrics"].items()})
     if rank != 0:

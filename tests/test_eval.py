@@ -10,7 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from msr.config import Params, parse_params
-from msr.eval.answers import AnswersError, answer_records, read_answers, write_answers
+from msr.eval.answers import (
+    AnswersError,
+    answer_records,
+    answer_spread,
+    read_answers,
+    write_answers,
+)
 from msr.eval.benchmarks import make_benchmark
 from msr.eval.generate import GenerationArgs, Generator, ResponseCache
 from msr.models.mllm import MLLM
@@ -105,6 +111,19 @@ def test_missing_answers_are_counted_and_named(trained: Params, tmp_path: Path) 
         read_answers(path, qs, "m")
 
 
+def test_answer_spread_names_a_collapse() -> None:
+    spread = answer_spread([" B", "b", "B.", "A", "B "], ["A", "B", "C", "D", "A"])
+    assert spread == {
+        "top": "b",
+        "top_share": 60.0,  # "B." is another answer: only whitespace and case are folded
+        "distinct": 3,
+        "gold_top": "a",
+        "gold_top_share": 40.0,
+    }
+    assert "gold_top" not in answer_spread(["yes"], [["yes", "yes", "no"]])  # VQA's 10 answers
+    assert answer_spread([]) == {"top": None, "top_share": 0.0, "distinct": 0}
+
+
 def test_eval_stage_writes_answers_and_reports(trained: Params, tmp_path: Path) -> None:
     summary = eval_stage.run(trained)
     assert set(summary["benchmarks"]) == set(trained.eval.synth)
@@ -124,6 +143,14 @@ def test_eval_stage_writes_answers_and_reports(trained: Params, tmp_path: Path) 
     assert "adversarial/f1" in metrics["benchmarks"]["synth_pope"] and metrics["avg"] is None
     md = (Path(trained.paths.reports) / "eval.md").read_text()
     assert "| this run | `ms_resampler` | 36 |" in md and "majority baseline" in md
+    assert "## Answer spread" in md
+    for name in trained.eval.synth:  # the spread is of this run's own answers
+        lines = (Path(trained.paths.eval) / name / "answers.jsonl").read_text().splitlines()
+        texts = [json.loads(line)["text"] for line in lines]
+        assert metrics["answers"][name] == {
+            **answer_spread(texts),
+            **{k: v for k, v in metrics["answers"][name].items() if k.startswith("gold")},
+        }
     raw = trained.model_dump(mode="json")
     raw["eval"]["reference"] = str(Path(trained.paths.reports) / "eval.json")
     again = eval_stage.run(

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +58,23 @@ def read_answers(path: Path, questions: Sequence[Question], model_id: str) -> di
             f"{len(missing)} missing: question ids {ids}"
         )
     return {q.key: by_key[q.key] for q in questions}
+
+
+def answer_spread(predictions: Iterable[str], golds: Iterable[object] = ()) -> dict[str, Any]:
+    """The most common answer (stripped, case-folded), its share in percent and the number of
+    distinct answers, next to the same for the gold answers where every gold is one string: a model
+    that collapsed onto one answer ("B" to every multiple-choice question) shows up here before it
+    is read from the scores."""
+    out = _spread(Counter(p.strip().casefold() for p in predictions))
+    golds = list(golds)
+    if golds and all(isinstance(g, str) for g in golds):
+        gold = _spread(Counter(str(g).strip().casefold() for g in golds))
+        out |= {"gold_top": gold["top"], "gold_top_share": gold["top_share"]}
+    return out
+
+
+def _spread(counts: Counter[str]) -> dict[str, Any]:
+    if not counts:
+        return {"top": None, "top_share": 0.0, "distinct": 0}
+    top, n = counts.most_common(1)[0]
+    return {"top": top, "top_share": 100 * n / counts.total(), "distinct": len(counts)}

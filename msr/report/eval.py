@@ -46,6 +46,7 @@ def summarize(results: dict[str, Any], params: Params, fingerprint: str) -> dict
         "benchmarks": {n: {**r["metrics"], "n": r["n"]} for n, r in results.items()},
         "headline": headline,
         "categories": {n: r["categories"] for n, r in results.items() if r["categories"]},
+        "answers": {n: r["answers"] for n, r in results.items() if "answers" in r},
         "notes": {n: NOT_SCORED for n in results if n == "mmvet"},
         "reference": params.eval.reference,
         "avg": None,
@@ -100,6 +101,32 @@ def render(s: dict[str, Any]) -> str:
         note = s["notes"].get(n)
         body = note if note else ", ".join(f"{k} {num(v, 2)}" for k, v in metrics.items())
         lines.append(f"- **{n}** ({s['benchmarks'][n]['n']} questions): {body}")
+    if s.get("answers"):
+        lines += [
+            "",
+            "## Answer spread",
+            "",
+            "The most common answer of each set and its share, beside the most common gold answer's:",
+            "a share far above the gold's (one option letter for most multiple-choice questions)",
+            "means the model collapsed onto a prior instead of reading the image.",
+            "",
+            table(
+                ["set", "most common answer", "share", "distinct answers", "most common gold"],
+                [
+                    [
+                        n,
+                        f"`{a['top']}`",
+                        f"{a['top_share']:.1f} %",
+                        a["distinct"],
+                        f"`{a['gold_top']}` {a['gold_top_share']:.1f} %"
+                        if "gold_top" in a
+                        else "–",
+                    ]
+                    for n, a in s["answers"].items()
+                ],
+                "llrrl",
+            ),
+        ]
     if s["categories"]:
         lines += [
             "",
