@@ -42,6 +42,7 @@ VARIANTS: dict[str, list[str]] = {
     # stage 1 is underfit in the preset (caption loss still falling at 3.9 after 125 steps)
     "pre_lr3e-3": ["pretrain.lr=3.0e-3"],
     "pre_lr1e-2": ["pretrain.lr=1.0e-2"],
+    "pre_lr3e-2": ["pretrain.lr=3.0e-2"],
     "final_norm_pre_lr3e-3": ["vision.final_norm=true", "pretrain.lr=3.0e-3"],
     "pre_x4": ["data.synth.pretrain_images=8000"],
     "pre_x4_lr3e-3": ["data.synth.pretrain_images=8000", "pretrain.lr=3.0e-3"],
