@@ -202,6 +202,7 @@ class Train(Section):
     per_device_batch × grad_accum × num_devices."""
 
     lr: float = Field(gt=0)
+    projector_lr: float | None = Field(None, gt=0)  # None: `lr` (LLaVA's mm_projector_lr)
     per_device_batch: int = Field(gt=0)
     grad_accum: int = Field(1, gt=0)
     num_devices: int = Field(1, gt=0)

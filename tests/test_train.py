@@ -218,6 +218,63 @@ def test_schedule_warms_up_then_decays() -> None:
     assert all(a >= b for a, b in itertools.pairwise(lrs[2:])) and lrs[-1] < 0.01
 
 
+def test_projector_lr_is_its_own_group_under_the_same_schedule(
+    workspace: Params, tmp_path: Path
+) -> None:
+    """finetune.projector_lr: the projector's parameters step at it, the LLM's at lr, one schedule."""
+    from msr.train.engine import cosine_with_warmup, param_groups
+
+    p = variant(
+        workspace, tmp_path, finetune={"lr": 1e-4, "projector_lr": 1e-2, "weight_decay": 0.1}
+    )
+    model = torch.nn.Module()  # the MLLM's two trainable children, by the same names
+    model.projector = torch.nn.Linear(4, 4)
+    model.llm = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    groups = param_groups(model, p.finetune)
+    names = {id(q): n for n, q in model.named_parameters()}
+    rate = {names[id(q)]: g.get("lr", "lr") for g in groups for q in g["params"]}
+    decay = {names[id(q)]: g["weight_decay"] for g in groups for q in g["params"]}
+    assert rate == {
+        "projector.weight": 1e-2,
+        "projector.bias": 1e-2,
+        "llm.0.weight": "lr",
+        "llm.0.bias": "lr",
+        "llm.1.weight": "lr",
+        "llm.1.bias": "lr",
+    }
+    assert sorted(n for n, d in decay.items() if d) == ["llm.0.weight", "projector.weight"]
+    opt = torch.optim.AdamW(groups, lr=p.finetune.lr)
+    sched = cosine_with_warmup(opt, total=10, warmup_ratio=0.0)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert sorted(g["initial_lr"] for g in opt.param_groups) == [1e-4, 1e-4, 1e-2, 1e-2]
+    assert len({round(g["lr"] / g["initial_lr"], 12) for g in opt.param_groups}) == 1
+    unset = variant(workspace, tmp_path, finetune={"projector_lr": None})
+    assert all("lr" not in g for g in param_groups(model, unset.finetune))
+
+
+def test_projector_lr_moves_the_projector_at_its_own_rate(
+    workspace: Params, tmp_path: Path
+) -> None:
+    """A vanishing projector_lr in stage 2 leaves the stage-1 projector as it was; the LLM trains."""
+    p = variant(
+        workspace,
+        tmp_path,
+        pretrain={"max_steps": 2},
+        finetune={"max_steps": 3, "lr": 2e-3, "projector_lr": 1e-12},
+    )
+    train(p, "pretrain")
+    train(p, "finetune")
+    stage1 = load_file(Path(p.paths.pretrain) / "projector.safetensors")
+    stage2 = load_file(Path(p.paths.finetune) / "projector.safetensors")
+    for k in stage1:
+        torch.testing.assert_close(stage2[k], stage1[k], rtol=0, atol=1e-9)
+    saved = load_file(Path(p.paths.finetune) / "llm" / "model.safetensors")
+    initial = load_file(Path(p.llm.model) / "model.safetensors")
+    assert any(not torch.equal(saved[k], initial[k].float()) for k in initial)
+
+
 class _Payload:
     """Unpickling this calls print — stands for any code a tampered checkpoint would run."""
 

@@ -56,11 +56,24 @@ def cosine_with_warmup(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices; not biases, norms or other vectors."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    other = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, cfg: Train) -> list[dict[str, Any]]:
+    """Decay matrices, not biases, norms or other vectors; the projector at `projector_lr` when set
+    (LLaVA's `mm_projector_lr`), everything else at `lr`. Empty groups are left out."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = (name.startswith("projector."), p.ndim >= 2)
+            groups.setdefault(key, []).append(p)
+    out = []
+    for (projector, decay), params in sorted(groups.items()):
+        group: dict[str, Any] = {
+            "params": params,
+            "weight_decay": cfg.weight_decay if decay else 0.0,
+        }
+        if projector and cfg.projector_lr is not None:
+            group["lr"] = cfg.projector_lr
+        out.append(group)
+    return out
 
 
 def _forward(module: nn.Module, batch: Batch) -> Tensor:
@@ -81,9 +94,7 @@ class PlainEngine:
 
             self.runner = DistributedDataParallel(model)
         self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999)
-        )
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
         self.scheduler = cosine_with_warmup(self.optimizer, total, cfg.warmup_ratio)
         self.autocast = torch.autocast(topo.device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         self.micro = 0
@@ -131,9 +142,7 @@ class DeepSpeedEngine:
         import deepspeed
 
         self.cfg, self.topo = cfg, topo
-        optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999)
-        )
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
         scheduler = cosine_with_warmup(optimizer, total, cfg.warmup_ratio)
         config = deepspeed_config(cfg, topo)
         self.bf16 = bool(config.get("bf16", {}).get("enabled"))
