@@ -44,9 +44,14 @@ VARIANTS: dict[str, list[str]] = {
     "pre_lr1e-2": ["pretrain.lr=1.0e-2"],
     "pre_lr3e-2": ["pretrain.lr=3.0e-2"],
     "final_norm_pre_lr3e-3": ["vision.final_norm=true", "pretrain.lr=3.0e-3"],
+    "final_norm_pre_lr1e-2": ["vision.final_norm=true", "pretrain.lr=1.0e-2"],
     "pre_x4": ["data.synth.pretrain_images=8000"],
     "pre_x4_lr3e-3": ["data.synth.pretrain_images=8000", "pretrain.lr=3.0e-3"],
 }
+
+
+def _slug(overrides: list[str]) -> str:
+    return "_".join(o.split(".")[-1].replace("=", "-") for o in overrides)
 
 
 def variant_params(name: str, overrides: list[str]) -> Any:
@@ -58,16 +63,21 @@ def variant_params(name: str, overrides: list[str]) -> Any:
         f"paths.reports={base}/reports",
         f"eval.synth={EVAL_SETS}",
     ]
-    if any(o.startswith("data.synth.") for o in overrides):  # other images: their own set
+    # what changes the images or their features gets its own folders, shared by the variants that
+    # change them the same way (named after those overrides)
+    data = sorted(o for o in overrides if o.startswith("data.synth."))
+    if data:
+        synth = Path("data/small-real/variants/synth-" + _slug(data))
         sets += [
-            f"paths.synth={base}/synth",
-            f"data.pretrain_json={base}/synth/pretrain.json",
-            f"data.pretrain_images={base}/synth/pretrain_images",
-            f"data.instruct_json={base}/synth/instruct.json",
-            f"data.instruct_images={base}/synth",
+            f"paths.synth={synth}",
+            f"data.pretrain_json={synth}/pretrain.json",
+            f"data.pretrain_images={synth}/pretrain_images",
+            f"data.instruct_json={synth}/instruct.json",
+            f"data.instruct_images={synth}",
         ]
-    if any(o.startswith(("vision.", "data.synth.")) for o in overrides):  # their own features
-        sets.append(f"paths.features={base}/features")
+    encoder = sorted(o for o in overrides if o.startswith(("vision.", "data.synth.")))
+    if encoder:
+        sets.append(f"paths.features=data/small-real/variants/features-{_slug(encoder)}")
     return load_params(preset_path("small-real"), [*sets, *overrides])
 
 
