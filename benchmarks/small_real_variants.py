@@ -130,24 +130,39 @@ def _loss(result: dict[str, Any], stage: str) -> str:
     return "–" if loss is None else f"{loss:.3f}"
 
 
+SHORT = {"synth_gqa": "GQA", "synth_mmbench": "MMB", "local_attribute": "local"}
+
+
 def render(results: dict[str, dict[str, Any]]) -> str:
-    rows = []
-    for name, r in results.items():
+    # one column per (set, category), in the order they first appear; the majority baselines are
+    # the same for every variant (same questions), so they form one row
+    columns: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results.values():
         for bench, cats in r["categories"].items():
             for cat, c in cats.items():
-                delta = c["acc"] - c["majority"]
-                rows.append(
-                    f"| {name} | {bench} | {cat} | {c['n']} | {c['acc']:.1f} | {c['majority']:.1f} "
-                    f"| {delta:+.1f} |"
-                )
-    head = [
+                columns.setdefault((bench, cat), c)
+    title = [f"{SHORT.get(b, b)} {SHORT.get(c, c)}" for b, c in columns]
+    scored = [
+        f"| {name} | "
+        + " | ".join(
+            f"{c['acc']:.0f} ({c['acc'] - c['majority']:+.0f})"
+            if (c := r["categories"].get(b, {}).get(cat))
+            else ""
+            for b, cat in columns
+        )
+        + " |"
+        for name, r in results.items()
+        if r["categories"]
+    ]
+    lines = [
         "# small-real: recipe variants",
         "",
         "Same data, same seeds; each variant changes only the listed params of the `small-real`",
-        "preset. Accuracy per question category against the majority-answer baseline.",
+        "preset.",
         "",
         "Loss: the last logged training loss of each stage. Stage 1 sees each caption once, so its",
-        "loss is a held-out caption loss (lower: the projector passes more of the scene).",
+        "loss is a held-out caption loss (lower: the projector passes more of the scene). Seconds",
+        "compare only between variants that ran alone on the machine.",
         "",
         "| variant | overrides | seconds per stage | stage-1 loss | stage-2 loss |",
         "| :--- | :--- | :--- | ---: | ---: |",
@@ -161,10 +176,19 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             for n, r in results.items()
         ),
         "",
-        "| variant | set | category | questions | accuracy | majority | Δ |",
-        "| :--- | :--- | :--- | ---: | ---: | ---: | ---: |",
+        "Accuracy per question category (percent), and in brackets its difference from the",
+        "majority-answer baseline (always giving the category's most common gold answer) in points.",
+        "MMB is circular: a question counts only if every rotation of its options is answered right.",
+        "",
+        "| variant | " + " | ".join(title) + " |",
+        "| :--- |" + " ---: |" * len(columns),
+        "| *majority baseline* | "
+        + " | ".join(f"{c['majority']:.0f}" for c in columns.values())
+        + " |",
+        "| *questions* | " + " | ".join(str(c["n"]) for c in columns.values()) + " |",
+        *scored,
     ]
-    return "\n".join(head + rows) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
