@@ -2,15 +2,18 @@
 seeds; writes reports/small-real/variants.{json,md} (per-category accuracy against the majority
 baseline, and the stage times).
 
-    python benchmarks/small_real_variants.py baseline final_norm m144 ...   # names from VARIANTS
-    python benchmarks/small_real_variants.py --until pretrain pre_lr3e-3 ... # stage 1 only
+    python benchmarks/small_real_variants.py baseline resampler avgpool ...   # names from VARIANTS
+    python benchmarks/small_real_variants.py --until pretrain v1_pre_lr3e-3   # stage 1 only
 
 Stage 1 sees each caption once, so its last training loss is a held-out caption loss: a cheap
 first measure of how much of the scene the projector passes to the frozen LLM (`--until pretrain`).
 
-Each variant is a list of `--set` overrides of the small-real preset. Its artifacts go to
-data/small-real/variants/<name>/; the feature cache of the preset (data/small-real/features) is
-shared unless the variant changes the vision backbone's features. Run `make small-real` first.
+Each variant is a list of `--set` overrides of the small-real preset (v2); the first recipe (v1)
+and the stage-1 search that led to v2 are variants too. A variant's checkpoints and answers go to
+data/small-real/variants/<name>/. It shares the preset's feature cache and, if it changes nothing
+before stage 2, the preset's stage-1 projector; other images or features get folders named after
+the overrides that make them, shared by the variants that make them the same way. Run
+`make small-real` first.
 """
 
 from __future__ import annotations
