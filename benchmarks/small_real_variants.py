@@ -96,11 +96,11 @@ def variant_params(name: str, overrides: list[str]) -> Any:
 
 def run(name: str, until: str) -> dict[str, Any]:
     if not VARIANTS[name]:  # the preset itself: the model `make small-real` trained and evaluated
-        preset = load_params(preset_path("small-real"))
-        summary = json.loads((Path(preset.paths.reports) / "eval.json").read_text())
+        reports = Path(load_params(preset_path("small-real")).paths.reports)
+        summary = json.loads((reports / "eval.json").read_text())
         sets = EVAL_SETS.strip("[]").split(", ")
         loss = {
-            stage: round(json.loads((OUT / stage / "metrics.json").read_text())["last_loss"], 3)
+            stage: round(json.loads((reports / stage / "metrics.json").read_text())["last_loss"], 3)
             for stage in ("pretrain", "finetune")
         }
         return {
@@ -119,10 +119,14 @@ def run(name: str, until: str) -> dict[str, Any]:
         ("finetune", lambda: train(params, "finetune", resume="auto")),
         ("eval", lambda: eval_stage.run(params)),
     )
+    skip = set()
+    if params.paths.synth == load_params(preset_path("small-real")).paths.synth:
+        skip.add("synth")  # the preset's images, made by `make small-real`
+    if not _changes_stage1(VARIANTS[name]):
+        skip.add("pretrain")  # the preset's stage 1 (variant_params points there)
     result: Any = None
-    own_synth = any(o.startswith("data.synth.") for o in VARIANTS[name])
-    for stage, call in stages[0 if own_synth else 1 :]:
-        if stage == "pretrain" and not _changes_stage1(VARIANTS[name]):
+    for stage, call in stages:
+        if stage in skip:
             continue
         start = time.perf_counter()
         result = call()

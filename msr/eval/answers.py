@@ -67,8 +67,9 @@ def answer_spread(predictions: Iterable[str], golds: Iterable[object] = ()) -> d
     is read from the scores."""
     out = _spread(Counter(p.strip().casefold() for p in predictions))
     golds = list(golds)
-    if golds and all(isinstance(g, str) for g in golds):
-        gold = _spread(Counter(str(g).strip().casefold() for g in golds))
+    strings = [g for g in golds if isinstance(g, str)]
+    if golds and len(strings) == len(golds):
+        gold = _spread(Counter(g.strip().casefold() for g in strings))
         out |= {"gold_top": gold["top"], "gold_top_share": gold["top_share"]}
     return out
 
