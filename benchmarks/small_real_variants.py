@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ VARIANTS: dict[str, list[str]] = {
     "projector_lr": ["finetune.projector_lr=1.0e-3"],  # LLaVA's mm_projector_lr in stage 2
     "ft_lr3e-4": ["finetune.lr=3.0e-4"],  # stage 2 learns faster: 196 steps are few
     "pre_x4": ["data.synth.pretrain_images=8000"],  # 4× the stage-1 captions
+    # more questions per image: 2–4 turns (the tiny preset's) instead of 1–2
+    "turns24": ["data.synth.turns=[2, 4]"],
     # v1 and how v2 was found: stage 1 was underfit (caption loss still falling at 3.9 after 125
     # steps); the stage-1 loss (held out: each caption is seen once) of each change
     "v1": V1,
@@ -58,7 +61,11 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def _slug(overrides: list[str]) -> str:
-    return "_".join(o.split(".")[-1].replace("=", "-") for o in overrides)
+    """A folder name: "data.synth.turns=[2, 4]" -> "turns-2-4"."""
+    keys = (o.partition("=") for o in overrides)
+    return "_".join(
+        re.sub(r"[^\w.]+", "-", f"{k.split('.')[-1]}={v}").strip("-") for k, _, v in keys
+    )
 
 
 def _changes_stage1(overrides: list[str]) -> bool:

@@ -25,6 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from msr.data.templates import Template
 from msr.models.llm import load_causal_lm, load_template, load_tokenizer
+from msr.models.loss import lm_loss
 from msr.models.vision import DTYPES, VisionBackbone, load_vision
 from msr.projectors import Projector
 from msr.train import checkpoint as ckpt
@@ -113,10 +114,12 @@ class MLLM(nn.Module):
         features: Tensor | None = None,
         labels: Tensor | None = None,
     ) -> CausalLMOutputWithPast:
+        """Without labels: the LLM's output (logits at every position). With labels: the loss
+        alone, its logits computed only where a token is labelled (msr.models.loss)."""
         embeds = self.embed(input_ids, image_mask, features)
-        return self.llm(
-            inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, use_cache=False
-        )
+        if labels is not None:
+            return CausalLMOutputWithPast(loss=lm_loss(self.llm, embeds, attention_mask, labels))
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
 
     @torch.no_grad()
     def generate(
