@@ -7,6 +7,10 @@ baseline, and the stage times).
 
 Stage 1 sees each caption once, so its last training loss is a held-out caption loss: a cheap
 first measure of how much of the scene the projector passes to the frozen LLM (`--until pretrain`).
+A sharper one is recorded beside it: the teacher-forced accuracy of the caption's words (size,
+object colour, shape kind, background) on fresh scenes, with each scene's own image and with another
+one's (benchmarks/small_real_probe.py). `--words NAMES` records it for stage-1 projectors already
+trained.
 
 Each variant is a list of `--set` overrides of the small-real preset (v2); the first recipe (v1)
 and the stage-1 search that led to v2 are variants too. A variant's checkpoints and answers go to
@@ -24,6 +28,8 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+
+from small_real_probe import stage1_words
 
 from msr.config import load_params
 from msr.presets import preset_path
@@ -143,6 +149,8 @@ def run(name: str, until: str) -> dict[str, Any]:
         if stage == until:
             break
     out = {"overrides": VARIANTS[name], "seconds": times, "loss": losses, "categories": {}}
+    if "pretrain" in times:
+        out["stage1_words"] = stage1_words(params, Path(params.paths.pretrain))
     if until == "eval":
         out["categories"] = result["categories"]
     return out
@@ -210,8 +218,36 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         + " |",
         "| *questions* | " + " | ".join(str(c["n"]) for c in columns.values()) + " |",
         *scored,
+        *render_words(results),
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_words(results: dict[str, dict[str, Any]]) -> list[str]:
+    rows = {n: r["stage1_words"] for n, r in results.items() if "stage1_words" in r}
+    if not rows:
+        return []
+    first = next(iter(rows.values()))
+    kinds = list(first["words"])
+    return [
+        "",
+        "Stage-1 caption words on fresh scenes, teacher-forced (percent): with each scene's own",
+        "image, and in brackets with another scene's image (the language prior). The ceiling is a",
+        "reader that sees the scene perfectly; the order of the shapes in a caption is not in the",
+        f"image. {first['scenes']} scenes, words per kind: "
+        + ", ".join(f"{k} {first['words'][k]}" for k in kinds)
+        + ".",
+        "",
+        "| variant | " + " | ".join(kinds) + " |",
+        "| :--- |" + " ---: |" * len(kinds),
+        "| *ceiling* | " + " | ".join(f"{first['ceiling'][k]:.0f}" for k in kinds) + " |",
+        *(
+            f"| {n} | "
+            + " | ".join(f"{w['own'][k]:.0f} ({w['other'][k]:.0f})" for k in kinds)
+            + " |"
+            for n, w in rows.items()
+        ),
+    ]
 
 
 def main() -> None:
@@ -220,11 +256,21 @@ def main() -> None:
     parser.add_argument(
         "--until", choices=["pretrain", "eval"], default="eval", help="the last stage to run"
     )
+    parser.add_argument(
+        "--words", action="store_true", help="only the caption words of existing stage-1 projectors"
+    )
     args = parser.parse_args()
     path = OUT / "variants.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
     for name in args.names:
-        results[name] = run(name, args.until)
+        if args.words:
+            params = variant_params(name, VARIANTS[name])
+            entry = {"stage1_words": stage1_words(params, Path(params.paths.pretrain))}
+        else:
+            entry = run(name, args.until)
+        # read again just before writing: variants run side by side add their own rows
+        results = json.loads(path.read_text()) if path.exists() else {}
+        base = {"overrides": VARIANTS[name], "seconds": {}, "loss": {}, "categories": {}}
+        results[name] = {**results.get(name, base), **entry}
         atomic_write_json(path, results)
         atomic_write_text(OUT / "variants.md", render(results))
 
