@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -260,6 +261,7 @@ def main() -> None:
         "--words", action="store_true", help="only the caption words of existing stage-1 projectors"
     )
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     path = OUT / "variants.json"
     for name in args.names:
         if args.words:
