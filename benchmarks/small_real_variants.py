@@ -50,6 +50,9 @@ VARIANTS: dict[str, list[str]] = {
     "resampler": ["projector.name=resampler"],
     "avgpool": ["projector.name=avgpool"],
     "m144": ["projector.num_queries=144"],
+    # scopes that stay local: at β = 4 the k = 2 branch puts only ~28 % of its attention inside its
+    # window (README, Pictures); at β = 16 an outside patch weighs e⁻¹⁶ of an inside one
+    "beta16": ["projector.options.ms_resampler.beta=16.0"],
     "projector_lr": ["finetune.projector_lr=1.0e-3"],  # LLaVA's mm_projector_lr in stage 2
     "ft_lr3e-4": ["finetune.lr=3.0e-4"],  # stage 2 learns faster: 196 steps are few
     "pre_x4": ["data.synth.pretrain_images=8000"],  # 4× the stage-1 captions
