@@ -5,7 +5,7 @@ fp32, though only the answer tokens carry a label. For LLMs whose logits are exa
 this runs the decoder, keeps the hidden states of the positions that predict a labelled token and
 projects only those: the same value (the mean cross-entropy over labelled next tokens) and the same
 gradients, for a fraction of the head's cost. With SmolLM2-135M (49k vocabulary) at 16 × 96 tokens
-and ~8 labelled tokens per sample, a training step takes ~25 % less time on a CPU
+and ~8 labelled tokens per sample, a training step takes ~21 % less time on a CPU
 (benchmarks/lm_loss.py: 1.27×). The idea is HF's `logits_to_keep` and Liger-Kernel's fused linear
 cross-entropy (https://github.com/linkedin/Liger-Kernel), taken to a per-token selection.
 
