@@ -184,12 +184,13 @@ def stage1_words(p: Params, stage1: Path, n: int = 192, batch: int = 32) -> dict
         feats = backbone(torch.stack([prepare(render(s), backbone.spec) for s in chunk]))
         rows, starts, words = [], [], []
         for s in chunk:
-            text = template.render([("human", "<image>"), ("gpt", caption(s))]).text
+            said = caption(s)
+            text = template.render([("human", "<image>"), ("gpt", said)]).text
             ids, offsets = tokenize_with_image(text, tokenizer)
             img = ids.index(IMAGE_TOKEN_INDEX)
             # token j of the text sits at position j + M − 1 once the image is M positions
             where = [j + (M - 1 if j > img else 0) for j in range(len(ids))]
-            spans = caption_words(s, text, text.index(caption(s)))
+            spans = caption_words(s, text, text.index(said))
             words.append([
                 (kind, [where[j] for j, (a, b) in enumerate(offsets) if a < end and b > start])
                 for kind, start, end in spans
