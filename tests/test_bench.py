@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from msr.config import Bench, BenchScale
+from msr.profile import timing
 from msr.profile.flops import counted_macs
 from msr.profile.projector_bench import (
     BRANCHES,
@@ -135,3 +137,23 @@ def test_bench_times_the_branches_and_both_fusions_side_by_side() -> None:
             assert rows[(TORCH_FUSION, dt, mode)]["macs_counted"] == model["macs_counted"]
             assert branches["macs_counted"] < model["macs_counted"]  # the fusion's matmuls
             assert model["fusion_share"] == 1 - branches["median_ms"] / model["median_ms"]
+
+
+@pytest.mark.parametrize(("ms_at_256", "measured"), [(0.5, 2048), (80.0, 256)])
+def test_matmul_peak_stops_growing_where_the_next_size_would_take_too_long(
+    monkeypatch: pytest.MonkeyPatch, ms_at_256: float, measured: int
+) -> None:
+    """A fast dtype is measured at the full size; one this machine emulates slowly at a small one
+    (a product's time grows with side³; the next would take over the 0.5 s budget)."""
+    sides: list[int] = []
+
+    def fake(candidates, repeats, warmup):  # type: ignore[no-untyped-def]
+        side = candidates["mm"].args[0].shape[0]
+        sides.append(side)
+        ms = ms_at_256 * (side / 256) ** 3
+        return {"mm": timing.Timing(ms, ms, ms, repeats)}
+
+    monkeypatch.setattr(timing, "time_round_robin", fake)
+    gflops = timing.matmul_peak_gflops(torch.float32, size=2048, budget_s=0.5)
+    assert sides == [256 * 2**i for i in range(len(sides))] and sides[-1] == measured
+    assert gflops == pytest.approx(2 * 256**3 / (ms_at_256 * 1e-3) / 1e9)

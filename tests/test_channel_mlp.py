@@ -187,6 +187,7 @@ def test_a_failed_build_falls_back_with_the_reason(
         kernels.load.cache_clear()
 
 
+@pytest.mark.slow  # compiles the kernel into an empty cache (~45 s)
 @needs_kernel
 def test_build_is_cached_per_source(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("MSR_KERNEL_CACHE", str(tmp_path))

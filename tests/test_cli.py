@@ -61,6 +61,36 @@ def test_preset_use_writes_params(tmp_path: Path) -> None:
     assert load_params(out) == load_preset("qwen25-3b")
 
 
+def test_preset_use_fp32_and_overrides(tmp_path: Path) -> None:
+    out = tmp_path / "params.yaml"
+    args = ["preset", "use", "small-real", "--out", str(out), "--fp32"]
+    result = runner.invoke(app, [*args, "--set", "projector.num_queries=64"])
+    assert result.exit_code == 0, result.output
+    p, preset = load_params(out), load_preset("small-real")
+    assert (p.vision.dtype, p.llm.dtype, p.eval.dtype, p.profile.dtype) == ("fp32",) * 4
+    assert not p.pretrain.bf16 and not p.finetune.bf16 and p.bench.dtypes == ["fp32"]
+    assert preset.vision.dtype == "bf16" and preset.pretrain.bf16  # the preset itself is bf16
+    assert p.projector.num_queries == 64
+    # everything else is the preset's: undo the overrides and the two are equal
+    undone, expected = p.model_dump(), preset.model_dump()
+    for section, key in [("vision", "dtype"), ("llm", "dtype"), ("eval", "dtype"),
+                         ("profile", "dtype"), ("pretrain", "bf16"), ("finetune", "bf16"),
+                         ("bench", "dtypes"), ("projector", "num_queries")]:  # fmt: skip
+        undone[section][key] = expected[section][key]
+    assert undone == expected
+    assert out.read_text().startswith("# preset small-real")
+
+
+def test_preset_use_with_a_bad_override_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "params.yaml"
+    result = runner.invoke(
+        app, ["preset", "use", "tiny", "--out", str(out), "--set", "vision.dtyp=x"]
+    )
+    assert result.exit_code == 2
+    assert "vision.dtyp" in result.output
+    assert not out.exists()
+
+
 def test_unknown_preset_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["preset", "use", "huge", "--out", str(tmp_path / "p.yaml")])
     assert result.exit_code == 2

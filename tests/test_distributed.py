@@ -29,6 +29,9 @@ from msr.train.loop import state_digest, train
 from stages import features, models, synth
 from tests.conftest import tiny_params
 
+# several processes each: `make test-slow` (CI runs it)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 DIST = {
     "per_device_batch": 4,

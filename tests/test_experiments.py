@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# a dvc repro and queued experiments in a copy of the repo: `make test-slow` (CI runs it)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = ["projectors_bench", "synth", "models", "features", "pretrain", "finetune", "eval",

@@ -229,6 +229,7 @@ def test_missing_image_is_skipped_with_its_reason(corrupt_copy: Params, tmp_path
     assert "missing image" in {s["key"]: s["reason"] for s in skips["encoding"]}["00000_000000003"]
 
 
+@pytest.mark.slow  # two processes
 def test_two_processes_write_disjoint_shards(tiny_workspace: Params, tmp_path: Path) -> None:
     p = with_features(tiny_workspace, tmp_path / "f")
     params_file = tmp_path / "params.yaml"

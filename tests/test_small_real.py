@@ -95,6 +95,7 @@ def test_smollm2_tokenizer_and_templates(smollm2_tokenizer) -> None:  # type: ig
         check_template(Template("vicuna_v1", "</s>"), tok, "SmolLM2")
 
 
+@pytest.mark.slow  # dequantises the GGUF and generates with the 135 M model (~30 s)
 def test_smollm2_gguf_loads_dense_and_answers(smollm2_tokenizer) -> None:  # type: ignore[no-untyped-def]
     llm = load_causal_lm(PRESET.llm.model, gguf_file=PRESET.llm.gguf_file, dtype="fp32")
     assert llm.config.hidden_size == 576 and llm.config.num_hidden_layers == 30

@@ -24,6 +24,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+# several processes loading a 100 M-parameter Llama: `make test-slow` (CI runs it)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """

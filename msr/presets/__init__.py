@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from msr.config import Params, parse_params
+from msr.config import Params, apply_override, parse_params
 
 PRESET_DIR = Path(__file__).parent
+# Every value that makes a stage compute in bf16, set to fp32: for CPUs without native bf16
+# instructions, where bf16 runs tens of times slower than fp32 (msr.utils.precision).
+FP32 = (
+    "vision.dtype=fp32",
+    "llm.dtype=fp32",
+    "pretrain.bf16=false",
+    "finetune.bf16=false",
+    "eval.dtype=fp32",
+    "profile.dtype=fp32",
+    "bench.dtypes=[fp32]",
+)
 
 
 def list_presets() -> list[str]:
@@ -24,11 +36,20 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def preset_text(name: str) -> str:
-    """The preset's complete params YAML (with its comments), validated before it is returned."""
+def preset_text(name: str, overrides: Sequence[str] = ()) -> str:
+    """The preset's complete params YAML, validated before it is returned: the file itself, with
+    its comments, or with `key.path=value` overrides applied (then without the comments, and with
+    a header that lists the overrides)."""
     text = preset_path(name).read_text()
-    parse_params(yaml.safe_load(text), source=f"preset {name}")
-    return text
+    raw = yaml.safe_load(text)
+    for item in overrides:
+        apply_override(raw, item)
+    parse_params(raw, source=f"preset {name}")
+    if not overrides:
+        return text
+    header = [f"# preset {name} (`msr preset show {name}` has it with its comments), with:"]
+    header += [f"#   {item}" for item in overrides]
+    return "\n".join(header) + "\n" + yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
 
 
 def load_preset(name: str) -> Params:

@@ -26,7 +26,9 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"Device: {env['device']} ({env['cpu']}), {env['threads']} threads, torch {env['torch']}. "
         + "Matmul peak measured in this run: "
-        + ", ".join(f"{dt} {v:.0f} GFLOP/s" for dt, v in result["peak_gflops"].items())
+        + ", ".join(
+            f"{dt} {v:.{0 if v >= 10 else 1}f} GFLOP/s" for dt, v in result["peak_gflops"].items()
+        )
         + f". Protocol: median of {result['protocol']['repeats']} repeats after "
         f"{result['protocol']['warmup']} warm-up.",
         "",

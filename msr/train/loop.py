@@ -50,6 +50,7 @@ from msr.train.export import mllm_config, save_stage, state_digest
 from msr.train.logger import MetricLogger
 from msr.train.resume import Resume, identity, should_resume
 from msr.utils.io import atomic_write_json
+from msr.utils.precision import check_bf16_speed
 
 __all__ = ["TrainResult", "TrainingError", "stage_config", "state_digest", "train"]
 
@@ -202,6 +203,10 @@ def _train(
 ) -> TrainResult:
     run = _prepare(params, stage, topo)
     cfg, engine, limit = run.cfg, run.engine, params.data.max_skip_share
+    if topo.main:
+        bf16 = [f"{stage}.bf16=true"] if cfg.bf16 else []
+        bf16 += ["llm.dtype=bf16"] if params.llm.dtype == "bf16" and not cfg.train_llm else []
+        check_bf16_speed(bf16, topo.device)
     position: dict[str, Any] = {"step": 0, "epoch": 0, "micro": 0, "samples": 0, "tokens": 0}
     if should_resume(run.checkpoints, run.identity, resume, topo.main):
         position = engine.load(run.checkpoints)
