@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from msr.config import Bench, BenchScale
-from msr.profile import timing
+from msr.profile import projector_bench, timing
 from msr.profile.flops import counted_macs
 from msr.profile.projector_bench import (
     BRANCHES,
@@ -22,6 +22,7 @@ from msr.profile.projector_bench import (
     targets,
 )
 from msr.profile.timing import time_round_robin
+from msr.report.projectors_bench import render
 
 PAPER = BenchScale(batch=4, grid=(24, 24), vision_dim=1024, llm_dim=4096, num_queries=144)
 
@@ -126,9 +127,14 @@ def test_fusion_share_is_one_minus_branches_over_model() -> None:
     assert not targets(rows, bench, {})["fusion_share_fwd_bwd"]["bf16"]["met"]
 
 
-def test_bench_times_the_branches_and_both_fusions_side_by_side() -> None:
-    tiny = BenchScale(batch=2, grid=(6, 6), vision_dim=16, llm_dim=32, num_queries=9)
-    bench = Bench(scales={"tiny": tiny}, projectors=["ms_resampler"], repeats=1, warmup=0)
+TINY = BenchScale(batch=2, grid=(6, 6), vision_dim=16, llm_dim=32, num_queries=9)
+
+
+def test_bench_times_the_branches_and_both_fusions_side_by_side(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(projector_bench, "bf16_slowdown", lambda: 1.0)  # bf16 runs on any CPU
+    bench = Bench(scales={"tiny": TINY}, projectors=["ms_resampler"], repeats=1, warmup=0)
     result = bench_projectors(bench, {"ms_resampler": {"kernels": [2, 6]}})
     rows = {(r["projector"], r["dtype"], r["mode"]): r for r in flatten(result["results"])}
     for dt in ("fp32", "bf16"):
@@ -137,6 +143,16 @@ def test_bench_times_the_branches_and_both_fusions_side_by_side() -> None:
             assert rows[(TORCH_FUSION, dt, mode)]["macs_counted"] == model["macs_counted"]
             assert branches["macs_counted"] < model["macs_counted"]  # the fusion's matmuls
             assert model["fusion_share"] == 1 - branches["median_ms"] / model["median_ms"]
+
+
+def test_bf16_is_not_benched_where_the_cpu_emulates_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(projector_bench, "bf16_slowdown", lambda: 40.0)
+    bench = Bench(scales={"tiny": TINY}, projectors=["mlp"], repeats=1, warmup=0)
+    result = bench_projectors(bench, {})
+    assert {r["dtype"] for r in flatten(result["results"])} == {"fp32"}
+    assert set(result["peak_gflops"]) == {"fp32"}
+    assert "no native bf16 (a linear layer takes 40× fp32's time)" in result["skipped"]["bf16"]
+    assert "- bf16: not run: this CPU has no native bf16" in render(result)
 
 
 @pytest.mark.parametrize(("ms_at_256", "measured"), [(0.5, 2048), (80.0, 256)])

@@ -2,9 +2,9 @@
 
 The presets compute in bf16 (features, training autocast, evaluation). On a GPU with bf16 and on a
 CPU with native bf16 instructions (x86: AVX512-BF16 or AMX) that is 2–4× faster than fp32. Without
-them (an AVX2-only x86 CPU, as in most laptops), oneDNN emulates bf16 matmuls: a 2-core AVX2
-machine measured 8 GFLOP/s in bf16 against 57 in fp32 on an LLM-sized linear layer, and less on
-small matmuls, so a one-hour run takes most of a day. CPU flags do not tell the whole story (the
+them (an AVX2-only x86 CPU, as in most laptops), oneDNN emulates bf16 matmuls: on a 2-core AVX2
+machine a SmolLM2-135M training step took 19–30× longer in bf16 than in fp32, and DINOv2-S 5×
+(benchmarks/precision.py), so a one-hour run takes days. CPU flags do not tell the whole story (the
 emulation differs by instruction set and library version), so this measures: one linear layer in
 each dtype, once per process (~0.3 s).
 """
@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 
 SLOW = 1.5  # bf16 slower than fp32 by more than this: warn
 FP32_HINT = (
-    "msr preset use <name> --fp32 (or make small-real FP32=1) sets vision.dtype, llm.dtype and "
-    "eval.dtype to fp32 and pretrain.bf16, finetune.bf16 to false"
+    "msr preset use <name> --fp32 (or make small-real FP32=1) computes everything in fp32 "
+    "(vision.dtype, llm.dtype, eval.dtype, profile.dtype: fp32; pretrain.bf16, finetune.bf16: "
+    "false)"
 )
 
 
