@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -38,6 +36,7 @@ from lm_loss import batch, load_llm
 
 from msr.models.loss import lm_loss
 from msr.profile.environment import environment
+from msr.profile.timing import time_round_robin
 from msr.utils.io import atomic_write_json, atomic_write_text
 from msr.utils.precision import bf16_slowdown
 
@@ -47,15 +46,8 @@ DINOV2_S = {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 
 
 
 def median_seconds(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each call, the calls alternating, after one untimed round."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for i in range(repeats + 1):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if i:
-                times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds of each call, the calls alternating, after one untimed call each."""
+    return {k: t.median_ms / 1e3 for k, t in time_round_robin(fns, repeats, warmup=1).items()}
 
 
 def autocast(bf16: bool) -> Any:
