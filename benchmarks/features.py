@@ -32,7 +32,7 @@ from msr.data.llava import read_llava_json
 from msr.data.streams import default_streams, ordered_map
 from msr.models.preprocess import prepare
 from msr.profile.environment import environment
-from msr.utils.io import atomic_write_json, atomic_write_text
+from msr.utils.io import write_report
 from msr.utils.memory import retain_freed_memory
 from stages.features import tower_of
 
@@ -56,8 +56,7 @@ def main() -> None:
         result = run(params, work, args.images, args.repeats, args.workers, streams)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    atomic_write_json(f"{args.out}.json", result)
-    atomic_write_text(f"{args.out}.md", render(result))
+    write_report(args.out, result, render(result))
     print(render(result))
 
 

@@ -29,7 +29,7 @@ from msr.models.llm import load_causal_lm
 from msr.models.loss import lm_loss
 from msr.presets import preset_path
 from msr.profile.environment import environment
-from msr.utils.io import atomic_write_json, atomic_write_text
+from msr.utils.io import write_report
 
 
 def load_llm(preset: str) -> tuple[torch.nn.Module, str]:
@@ -98,8 +98,7 @@ def main() -> None:
         "max_loss_diff": max(abs(a - b) for a, b in zip(*losses.values(), strict=True)),
         "environment": environment(),
     }
-    atomic_write_json(f"{args.out}.json", result)
-    atomic_write_text(f"{args.out}.md", render(result))
+    write_report(args.out, result, render(result))
     print(render(result))
 
 

@@ -37,7 +37,7 @@ from lm_loss import batch, load_llm
 from msr.models.loss import lm_loss
 from msr.profile.environment import environment
 from msr.profile.timing import time_round_robin
-from msr.utils.io import atomic_write_json, atomic_write_text
+from msr.utils.io import write_report
 from msr.utils.precision import bf16_slowdown
 
 PRECISIONS = ("bf16", "fp32")
@@ -132,8 +132,7 @@ def main() -> None:
         "stage2_seconds_per_sample": {p: round(s2[p] / args.batch, 3) for p in PRECISIONS},
         "environment": environment(),
     }
-    atomic_write_json(f"{args.out}.json", result)
-    atomic_write_text(f"{args.out}.md", render(result))
+    write_report(args.out, result, render(result))
     print(render(result))
 
 

@@ -45,7 +45,7 @@ from msr.models.preprocess import prepare
 from msr.models.vision.registry import load_vision
 from msr.presets import preset_path
 from msr.train.checkpoint import load_projector
-from msr.utils.io import atomic_write_json, atomic_write_text
+from msr.utils.io import write_report
 
 OUT = Path("reports/small-real")
 
@@ -272,8 +272,7 @@ def encoder_probe(args: argparse.Namespace) -> None:
         "layers": rows,
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(OUT / "probe.json", result)
-    atomic_write_text(OUT / "probe.md", render_md(result))
+    write_report(OUT / "probe", result, render_md(result))
     print(render_md(result))
 
 

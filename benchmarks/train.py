@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from msr.config import load_params, parse_params
 from msr.profile.environment import environment
 from msr.train.loop import train
-from msr.utils.io import atomic_write_json, atomic_write_text
+from msr.utils.io import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,8 +112,7 @@ def main() -> None:
     result["data_wait_met"] = all(
         med[s]["data_wait_share"] <= 0.05 for s in ("pretrain", "finetune")
     )
-    atomic_write_json(f"{args.out}.json", result)
-    atomic_write_text(f"{args.out}.md", render(result))
+    write_report(args.out, result, render(result))
     print(render(result))
 
 

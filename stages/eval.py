@@ -14,7 +14,7 @@ from msr.eval.benchmarks.custom import Custom
 from msr.eval.generate import GenerationArgs, Generator, ResponseCache
 from msr.models.mllm import MLLM
 from msr.report.eval import render, summarize
-from msr.utils.io import atomic_write_json, atomic_write_text
+from msr.utils.io import write_report
 from msr.utils.precision import check_bf16_speed
 from stages.features import distributed_rank, encode_device
 
@@ -106,8 +106,7 @@ def _run(
         return None
     summary = summarize(results, params, loaded.fingerprint)
     reports = Path(params.paths.reports)
-    atomic_write_json(reports / "eval.json", summary)
-    atomic_write_text(reports / "eval.md", render(summary))
+    write_report(reports / "eval", summary, render(summary))
     return summary
 
 

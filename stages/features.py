@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,20 @@ def tower_of(params: Params, device: torch.device | str = "cpu") -> VisionBackbo
     return load_vision(v.model, device=device, **v.backbone_options)
 
 
-def sources_of(params: Params) -> list[Source]:
+SPLITS = ("pretrain", "instruct")
+
+
+def sources_of(params: Params, splits: Sequence[str] = SPLITS) -> list[Source]:
+    """The data sources of `splits` (default: both)."""
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"splits {unknown}; accepted: {list(SPLITS)}")
     d = params.data
-    return [
-        Source("pretrain", Path(d.pretrain_json), Path(d.pretrain_images)),
-        Source("instruct", Path(d.instruct_json), Path(d.instruct_images)),
-    ]
+    every = {
+        "pretrain": Source("pretrain", Path(d.pretrain_json), Path(d.pretrain_images)),
+        "instruct": Source("instruct", Path(d.instruct_json), Path(d.instruct_images)),
+    }
+    return [every[s] for s in SPLITS if s in splits]
 
 
 def run(
@@ -64,8 +72,10 @@ def run(
     verify: bool = False,
     progress: Progress | None = None,
     on_plan: Callable[[int], None] | None = None,
+    splits: Sequence[str] = SPLITS,
 ) -> FeatureReport:
-    """Encode this rank's shards. Under a launcher (RANK/WORLD_SIZE set) every rank encodes its part,
+    """Encode this rank's shards of `splits` (default: both; a later run with more splits encodes
+    only the shards still missing, and its manifest lists them all). Under a launcher (RANK/WORLD_SIZE set) every rank encodes its part,
     waits for the others, and rank 0 writes the manifest; with an explicit --rank, run
     `msr features --merge-only` once all ranks are done.
 
@@ -82,7 +92,7 @@ def run(
     explicit = rank is not None
     rank = rank if rank is not None else env_rank
     world = world_size if world_size is not None else env_world
-    tower, sources = tower_of(params, dev), sources_of(params)
+    tower, sources = tower_of(params, dev), sources_of(params, splits)
     report = _encode(
         params,
         tower,

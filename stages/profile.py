@@ -14,7 +14,7 @@ from msr.profile.analytic import CONVENTIONS, analytic_profile, projector_macs_k
 from msr.profile.measure import measure
 from msr.projectors import PROJECTORS, projector_class
 from msr.report.profile import plot, render
-from msr.utils.io import atomic_write_json, atomic_write_text
+from msr.utils.io import write_report
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,5 @@ def run(params: Params, convention: str = "pure") -> dict[str, Any]:
     if result["comparison"]:
         plot(result, reports / "plots" / "profile.png")
         result["plot"] = "plots/profile.png"
-    atomic_write_json(reports / "profile.json", result)
-    atomic_write_text(reports / "profile.md", render(result))
+    write_report(reports / "profile", result, render(result))
     return result

@@ -8,13 +8,12 @@ from typing import Any
 from msr.config import Params
 from msr.profile.projector_bench import bench_projectors
 from msr.report.projectors_bench import render
-from msr.utils.io import atomic_write_json, atomic_write_text
+from msr.utils.io import write_report
 
 
 def run(params: Params, out_dir: Path | None = None) -> dict[str, Any]:
     """Run the benchmark of `params.bench`; returns the result written to `out_dir` (default reports/)."""
     result = bench_projectors(params.bench, params.projector.options)
     out = Path(out_dir) if out_dir is not None else Path(params.paths.reports)
-    atomic_write_json(out / "projectors_bench.json", result)
-    atomic_write_text(out / "projectors_bench.md", render(result))
+    write_report(out / "projectors_bench", result, render(result))
     return result

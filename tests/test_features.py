@@ -104,6 +104,22 @@ def test_rerun_writes_nothing(tiny_workspace: Params, tmp_path: Path) -> None:
     assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "f").glob("*-*.*")} == before
 
 
+def test_one_split_first_then_the_rest(tiny_workspace: Params, tmp_path: Path) -> None:
+    p = with_features(tiny_workspace, tmp_path / "f")
+    d = p.data.synth
+    report = features.run(p, workers=0, splits=["pretrain"])
+    assert report.images == d.pretrain_images
+    assert [x.name for x in (tmp_path / "f").glob("*.tar")] == ["pretrain-000000.tar"]
+    assert set(read_manifest(tmp_path / "f")[0]["split"].to_pylist()) == {"pretrain"}
+    pretrain = (tmp_path / "f" / "pretrain-000000.tar").stat().st_mtime_ns
+    report = features.run(p, workers=0)  # the instruct split only: pretrain is done
+    assert report.images == d.instruct_images
+    assert (tmp_path / "f" / "pretrain-000000.tar").stat().st_mtime_ns == pretrain
+    assert set(read_manifest(tmp_path / "f")[0]["split"].to_pylist()) == {"pretrain", "instruct"}
+    with pytest.raises(ValueError, match=r"splits \['eval'\]; accepted"):
+        features.run(p, workers=0, splits=["eval"])
+
+
 def test_resume_after_crash_mid_shard(
     tiny_workspace: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -61,6 +61,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_report(stem: str | Path, result: Any, markdown: str) -> tuple[Path, Path]:
+    """A report's two files, each written atomically: `<stem>.json` (the result, for programs and
+    `dvc metrics`) and `<stem>.md` (its rendering, for people)."""
+    stem = Path(stem)
+    return (
+        atomic_write_json(stem.with_name(f"{stem.name}.json"), result),
+        atomic_write_text(stem.with_name(f"{stem.name}.md"), markdown),
+    )
+
+
 def atomic_save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
     """A matplotlib figure saved as PNG through a temp file and a rename; the figure is closed."""
     import matplotlib.pyplot as plt
