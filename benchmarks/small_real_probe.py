@@ -164,7 +164,9 @@ def ceiling(scene: Scene) -> dict[str, float]:
 @torch.no_grad()
 def stage1_words(p: Params, stage1: Path, n: int = 192, batch: int = 32) -> dict[str, Any]:
     """Teacher-forced caption-word accuracy (percent) of the stage-1 projector in `stage1`, per word
-    kind, with each scene's own image ("own") and with the next scene's ("other")."""
+    kind, with each scene's own image ("own") and with the next scene's ("other"); the same split
+    by scenes with one shape and with several ("by_shapes": a colour missed in a one-shape scene
+    is not passed at all; one missed only among several is passed but not bound to its shape)."""
     m = p.llm
     tokenizer = load_tokenizer(m.model, revision=m.revision, gguf_file=m.gguf_file)
     template = load_template(p.pretrain.template or m.template, tokenizer, m.model, m.system)
@@ -178,6 +180,9 @@ def stage1_words(p: Params, stage1: Path, n: int = 192, batch: int = 32) -> dict
     )  # fmt: skip
     M, pad = projector.num_queries, tokenizer.pad_token_id or 0
     hits: dict[str, dict[str, list[int]]] = {"own": {}, "other": {}}
+    by_shapes: dict[str, dict[str, dict[str, list[int]]]] = {
+        b: {"own": {}, "other": {}} for b in ("one", "several")
+    }
     pool = scenes(scene_spec(p), n, "stage1")
     for i in range(0, n, batch):
         chunk = pool[i : i + batch]
@@ -208,15 +213,35 @@ def stage1_words(p: Params, stage1: Path, n: int = 192, batch: int = 32) -> dict
         for key, f in (("own", feats), ("other", feats.roll(1, 0))):
             pred = model(ids_t, attn, image, f).logits.argmax(-1)  # (B, T)
             for b, ws in enumerate(words):
+                bucket = "one" if len(chunk[b].shapes) == 1 else "several"
                 for kind, positions in ws:
                     ok = all(pred[b, t - 1] == ids_t[b, t] for t in positions)
-                    h = hits[key].setdefault(kind, [0, 0])
-                    h[0], h[1] = h[0] + int(ok), h[1] + 1
-    best: Counter[str] = Counter()
+                    for h in (
+                        hits[key].setdefault(kind, [0, 0]),
+                        by_shapes[bucket][key].setdefault(kind, [0, 0]),
+                    ):
+                        h[0], h[1] = h[0] + int(ok), h[1] + 1
+    best: dict[str, Counter[str]] = {"one": Counter(), "several": Counter()}
     for s in pool:
-        best.update(ceiling(s))
+        best["one" if len(s.shapes) == 1 else "several"].update(ceiling(s))
+    by_shapes_out = {
+        bucket: {
+            "scenes": sum(1 for s in pool if (len(s.shapes) == 1) == (bucket == "one")),
+            **_percent(h, best[bucket]),
+        }
+        for bucket, h in by_shapes.items()
+    }
     return {
         "scenes": n,
+        **_percent(hits, best["one"] + best["several"]),
+        "by_shapes": by_shapes_out,
+    }
+
+
+def _percent(hits: dict[str, dict[str, list[int]]], best: Counter[str]) -> dict[str, Any]:
+    """Word counts, the ceiling and the accuracies (percent) of `hits` {"own"|"other": {kind:
+    [right, total]}}; `best` holds the ceiling's expected right words per kind."""
+    return {
         "words": {kind: total for kind, (_, total) in hits["own"].items()},
         "ceiling": {kind: round(100 * best[kind] / t, 1) for kind, (_, t) in hits["own"].items()},
         **{

@@ -16,8 +16,9 @@ Each variant is a list of `--set` overrides of the small-real preset (v2); the f
 and the stage-1 search that led to v2 are variants too. A variant's checkpoints and answers go to
 data/small-real/variants/<name>/. It shares the preset's feature cache and, if it changes nothing
 before stage 2, the preset's stage-1 projector; other images or features get folders named after
-the overrides that make them, shared by the variants that make them the same way. Run
-`make small-real` first.
+the overrides that make them, shared by the variants that make them the same way (`--until
+pretrain` encodes only the pretrain images; a later full run adds the instruct shards). Run
+`make small-real` first (or, for stage-1 variants, `msr synth` and `msr models` with the preset).
 """
 
 from __future__ import annotations
@@ -260,6 +261,34 @@ def render_words(results: dict[str, dict[str, Any]]) -> list[str]:
             + " | ".join(f"{w['own'][k]:.0f} ({w['other'][k]:.0f})" for k in kinds)
             + " |"
             for n, w in rows.items()
+        ),
+        *render_by_shapes({n: w["by_shapes"] for n, w in rows.items() if "by_shapes" in w}),
+    ]
+
+
+def render_by_shapes(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """The object words of the caption probe in scenes with one shape and with several."""
+    if not rows:
+        return []
+    first = next(iter(rows.values()))
+    kinds = ["size", "object colour", "shape kind"]
+    cells = [(b, k) for b in ("one", "several") for k in kinds]
+    return [
+        "",
+        "The same object words in scenes with one shape and with several (own image; in brackets",
+        "another scene's). A word missed where there is one shape is not passed at all; one",
+        "missed only among several is passed but not bound to its shape. Scenes: "
+        + ", ".join(f"{b} shape{'s' if b != 'one' else ''} {first[b]['scenes']}" for b in first)
+        + ".",
+        "",
+        "| variant | " + " | ".join(f"{k}, {b}" for b, k in cells) + " |",
+        "| :--- |" + " ---: |" * len(cells),
+        "| *ceiling* | " + " | ".join(f"{first[b]['ceiling'][k]:.0f}" for b, k in cells) + " |",
+        *(
+            f"| {n} | "
+            + " | ".join(f"{r[b]['own'][k]:.0f} ({r[b]['other'][k]:.0f})" for b, k in cells)
+            + " |"
+            for n, r in rows.items()
         ),
     ]
 
