@@ -72,6 +72,8 @@ VARIANTS: dict[str, list[str]] = {
     # stage 1 for three epochs of the captions instead of one (its loss still falls at step 125)
     "fp32": [*FP32],
     "fp32_pre_e3": [*FP32, "pretrain.epochs=3.0"],
+    "fp32_pre_e3_resampler": [*FP32, "pretrain.epochs=3.0", "projector.name=resampler"],
+    "fp32_pre_e3_avgpool": [*FP32, "pretrain.epochs=3.0", "projector.name=avgpool"],
 }
 
 
