@@ -75,9 +75,9 @@ def run(
     splits: Sequence[str] = SPLITS,
 ) -> FeatureReport:
     """Encode this rank's shards of `splits` (default: both; a later run with more splits encodes
-    only the shards still missing, and its manifest lists them all). Under a launcher (RANK/WORLD_SIZE set) every rank encodes its part,
-    waits for the others, and rank 0 writes the manifest; with an explicit --rank, run
-    `msr features --merge-only` once all ranks are done.
+    only the shards still missing, and its manifest lists them all). Under a launcher
+    (RANK/WORLD_SIZE set) every rank encodes its part, waits for the others, and rank 0 writes the
+    manifest; with an explicit --rank, run `msr features --merge-only` once all ranks are done.
 
     Defaults: on a GPU one stream fed by min(8, cores − 2) decoding processes; on a CPU one
     stream per core, each decoding its own batches (no decoding processes)."""
