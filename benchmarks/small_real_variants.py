@@ -74,6 +74,10 @@ VARIANTS: dict[str, list[str]] = {
     "fp32_pre_e3": [*FP32, "pretrain.epochs=3.0"],
     "fp32_pre_e3_resampler": [*FP32, "pretrain.epochs=3.0", "projector.name=resampler"],
     "fp32_pre_e3_avgpool": [*FP32, "pretrain.epochs=3.0", "projector.name=avgpool"],
+    # next, in the preset's bf16 (a CPU with native bf16, or a GPU): the three-epoch stage 1 end to
+    # end, alone and with the best stage-2 data measured (`turns24`)
+    "pre_e3": ["pretrain.epochs=3.0"],
+    "pre_e3_turns24": ["pretrain.epochs=3.0", "data.synth.turns=[2, 4]"],
 }
 
 
