@@ -40,6 +40,7 @@ from msr.utils.io import write_report
 from stages import eval as eval_stage
 from stages import features, synth
 
+log = logging.getLogger("small_real_variants")
 OUT = Path("reports/small-real")
 EVAL_SETS = "[synth_gqa, synth_mmbench]"  # the sets with per-category questions
 # The first recipe (v1): features before DINOv2's final LayerNorm, stage 1 at lr 1e-3.
@@ -74,6 +75,14 @@ VARIANTS: dict[str, list[str]] = {
     "fp32_pre_e3": [*FP32, "pretrain.epochs=3.0"],
     "fp32_pre_e3_resampler": [*FP32, "pretrain.epochs=3.0", "projector.name=resampler"],
     "fp32_pre_e3_avgpool": [*FP32, "pretrain.epochs=3.0", "projector.name=avgpool"],
+    # binding a colour to its shape among several: one attention head per query mixes every patch
+    # it attends into one value vector; eight heads (72 channels each) can attend to each separately
+    "fp32_pre_e3_heads8": [
+        *FP32,
+        "pretrain.epochs=3.0",
+        "projector.options.ms_resampler.num_heads=8",
+    ],
+    "fp32_pre_e3_m144": [*FP32, "pretrain.epochs=3.0", "projector.num_queries=144"],
     # next, in the preset's bf16 (a CPU with native bf16, or a GPU): the three-epoch stage 1 end to
     # end, alone and with the best stage-2 data measured (`turns24`)
     "pre_e3": ["pretrain.epochs=3.0"],
@@ -122,7 +131,18 @@ def variant_params(name: str, overrides: list[str]) -> Any:
     return load_params(preset_path("small-real"), [*sets, *overrides])
 
 
-def run(name: str, until: str) -> dict[str, Any]:
+def _trained_stage1(name: str, params: Any, before: dict[str, Any]) -> bool:
+    """True when an earlier run of this variant, with the same overrides, finished its stage 1."""
+    done = Path(params.paths.pretrain) / "projector.safetensors"
+    return (
+        done.exists()
+        and before.get("overrides") == VARIANTS[name]
+        and "pretrain" in before.get("loss", {})
+    )
+
+
+def run(name: str, until: str, before: dict[str, Any]) -> dict[str, Any]:
+    """Run variant `name` through stage `until`; `before` is its entry from an earlier run."""
     if not VARIANTS[name]:  # the preset itself: the model `make small-real` trained and evaluated
         reports = Path(load_params(preset_path("small-real")).paths.reports)
         summary = json.loads((reports / "eval.json").read_text())
@@ -158,6 +178,12 @@ def run(name: str, until: str) -> dict[str, Any]:
         skip.add("synth")  # the preset's images, made by `make small-real`
     if not _changes_stage1(VARIANTS[name]):
         skip.add("pretrain")  # the preset's stage 1 (variant_params points there)
+    elif _trained_stage1(name, params, before):
+        # a finished stage 1 keeps no checkpoint to resume from: carry its projector and numbers
+        log.info("%s: reusing the stage-1 projector in %s", name, params.paths.pretrain)
+        skip.add("pretrain")
+        times["pretrain"] = before["seconds"]["pretrain"]
+        losses["pretrain"] = before["loss"]["pretrain"]
     result: Any = None
     for stage, call in stages:
         if stage in skip:
@@ -171,7 +197,8 @@ def run(name: str, until: str) -> dict[str, Any]:
             break
     out = {"overrides": VARIANTS[name], "seconds": times, "loss": losses, "categories": {}}
     if "pretrain" in times:
-        out["stage1_words"] = stage1_words(params, Path(params.paths.pretrain))
+        words = before.get("stage1_words") if "pretrain" in skip else None
+        out["stage1_words"] = words or stage1_words(params, Path(params.paths.pretrain))
     if until == "eval":
         out["categories"] = result["categories"]
     return out
@@ -313,11 +340,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     path = OUT / "variants.json"
     for name in args.names:
+        before = json.loads(path.read_text()).get(name, {}) if path.exists() else {}
         if args.words:
             params = variant_params(name, VARIANTS[name])
             entry = {"stage1_words": stage1_words(params, Path(params.paths.pretrain))}
         else:
-            entry = run(name, args.until)
+            entry = run(name, args.until, before)
         # read again just before writing: variants run side by side add their own rows
         results = json.loads(path.read_text()) if path.exists() else {}
         base = {"overrides": VARIANTS[name], "seconds": {}, "loss": {}, "categories": {}}
