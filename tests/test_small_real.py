@@ -106,3 +106,15 @@ def test_smollm2_gguf_loads_dense_and_answers(smollm2_tokenizer) -> None:  # typ
     ids = tok(prompt, return_tensors="pt").input_ids
     out = llm.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=tok.eos_token_id)
     assert "Paris" in tok.decode(out[0, ids.shape[1] :])
+
+
+def test_smollm2_config_is_read_once_and_handed_out_as_copies() -> None:
+    from msr.models.configs import _gguf_config, llm_config
+
+    _gguf_config.cache_clear()
+    a, b = llm_config(PRESET.llm), llm_config(PRESET.llm)
+    assert _gguf_config.cache_info().hits == 1  # the GGUF's metadata was parsed once
+    assert a is not b and a.to_dict() == b.to_dict()
+    assert a.hidden_size == 576 and a.model_type == "llama"
+    a.hidden_size = 1  # a caller changing its copy changes nothing for the next one
+    assert llm_config(PRESET.llm).hidden_size == 576

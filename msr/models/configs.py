@@ -4,6 +4,8 @@ the analytic profile of any preset are known offline, before anything is loaded.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
 
@@ -53,7 +55,10 @@ def vision_grid(v: Vision) -> tuple[int, int]:
 def llm_config(m: LLM) -> PretrainedConfig:
     local = Path(resolve(m.model)) if m.model.startswith("pip:") else Path(m.model)
     if m.gguf_file is not None and local.is_dir():
-        return AutoConfig.from_pretrained(local, gguf_file=m.gguf_file)
+        gguf = local / m.gguf_file
+        stat = gguf.stat() if gguf.exists() else None
+        key = (str(gguf), stat.st_mtime_ns, stat.st_size) if stat else None
+        return copy.deepcopy(_gguf_config(local, m.gguf_file, key))
     if (local / "config.json").exists():
         return AutoConfig.from_pretrained(local)
     if shipped_path(m.model).exists():
@@ -62,6 +67,14 @@ def llm_config(m: LLM) -> PretrainedConfig:
     if m.build is not None:
         return tiny.llm_config(m.build, m.build.vocab_size, m.max_length)
     raise ValueError(_missing("llm", m.model))
+
+
+@functools.lru_cache(maxsize=4)
+def _gguf_config(local: Path, gguf_file: str, key: tuple[str, int, int] | None) -> PretrainedConfig:
+    """A GGUF's config, read once per process per file version (`key`): transformers parses every
+    metadata field of the file, tokenizer included (~5 s for SmolLM2-135M), and the params of a
+    preset are loaded by every command."""
+    return AutoConfig.from_pretrained(local, gguf_file=gguf_file)
 
 
 def _missing(section: str, model: str) -> str:
