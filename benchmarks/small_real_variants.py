@@ -15,9 +15,11 @@ trained.
 Each variant is a list of `--set` overrides of the small-real preset (v2); the first recipe (v1)
 and the stage-1 search that led to v2 are variants too. A variant's checkpoints and answers go to
 data/small-real/variants/<name>/. It shares the preset's feature cache and, if it changes nothing
-before stage 2, the preset's stage-1 projector; other images or features get folders named after
-the overrides that make them, shared by the variants that make them the same way (`--until
-pretrain` encodes only the pretrain images; a later full run adds the instruct shards). Run
+before stage 2, the preset's stage-1 projector; a variant that changes only the instruct questions
+(STAGE2_DATA: the images and captions stay the same) starts from the stage 1 of the first variant
+without that change. Other images or features get folders named after the overrides that make
+them, shared by the variants that make them the same way (each run encodes the splits its stages
+need). Every variant answers the preset's evaluation sets, whatever synth it trains on. Run
 `make small-real` first (or, for stage-1 variants, `msr synth` and `msr models` with the preset).
 """
 
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from small_real_probe import stage1_words
 
 from msr.config import load_params
@@ -87,7 +90,21 @@ VARIANTS: dict[str, list[str]] = {
     # end, alone and with the best stage-2 data measured (`turns24`)
     "pre_e3": ["pretrain.epochs=3.0"],
     "pre_e3_turns24": ["pretrain.epochs=3.0", "data.synth.turns=[2, 4]"],
+    # the model answers "B" to every MMBench question: it has not learnt to read an answer off the
+    # options (1,074 of 4,686 training turns are multiple choice); half the turns as multiple choice
+    "fp32_pre_e3_mc50": [*FP32, "pretrain.epochs=3.0", "data.synth.mc_prob=0.5"],
 }
+
+# synth params that change only the instruct conversations (and the eval questions drawn after
+# them): scenes come from their own named streams and the pretrain captions are drawn before any
+# question, so a variant that changes only these has the same pretrain data and shares a stage 1
+STAGE2_DATA = (
+    "data.synth.turns=",
+    "data.synth.mc_prob=",
+    "data.synth.ocr_prob=",
+    "data.synth.text_only=",
+    "data.synth.categories=",
+)
 
 
 def _slug(overrides: list[str]) -> str:
@@ -98,14 +115,36 @@ def _slug(overrides: list[str]) -> str:
     )
 
 
-def _changes_stage1(overrides: list[str]) -> bool:
-    return any(o.startswith(("pretrain.", "projector.", "vision.", "data.")) for o in overrides)
+def _stage1(overrides: list[str]) -> list[str]:
+    """The overrides that shape stage 1: its data, encoder, projector and schedule."""
+    return [
+        o
+        for o in overrides
+        if o.startswith(("pretrain.", "projector.", "vision.", "data."))
+        and not o.startswith(STAGE2_DATA)
+    ]
 
 
-def variant_params(name: str, overrides: list[str]) -> Any:
+def stage1_owner(name: str) -> str | None:
+    """The variant whose stage-1 projector `name` starts from: the first one with the same stage-1
+    overrides (itself if none comes before it), or None for the preset's own stage 1."""
+    mine = _stage1(VARIANTS[name])
+    if not mine:
+        return None
+    return next(v for v, o in VARIANTS.items() if _stage1(o) == mine)
+
+
+def variant_params(name: str, eval_synth: str | None = None) -> Any:
+    """The params of variant `name`; `eval_synth` (default: its own synth) is the folder whose
+    evaluation sets it answers."""
+    overrides = VARIANTS[name]
     base = Path(f"data/small-real/variants/{name}")
-    # a variant that changes only stage 2 or later starts from the preset's own stage 1
-    pretrain = base / "pretrain" if _changes_stage1(overrides) else Path("data/small-real/pretrain")
+    owner = stage1_owner(name)
+    pretrain = (
+        Path(f"data/small-real/variants/{owner}/pretrain")
+        if owner
+        else Path("data/small-real/pretrain")
+    )
     sets = [
         f"paths.pretrain={pretrain}",
         f"paths.finetune={base}/finetune",
@@ -128,11 +167,18 @@ def variant_params(name: str, overrides: list[str]) -> Any:
     encoder = sorted(o for o in overrides if o.startswith(("vision.", "data.synth.")))
     if encoder:
         sets.append(f"paths.features=data/small-real/variants/features-{_slug(encoder)}")
+    if eval_synth is not None:
+        sets.append(f"paths.synth={eval_synth}")
     return load_params(preset_path("small-real"), [*sets, *overrides])
 
 
+def preset_synth() -> str:
+    return str(load_params(preset_path("small-real")).paths.synth)
+
+
 def _trained_stage1(name: str, params: Any, before: dict[str, Any]) -> bool:
-    """True when an earlier run of this variant, with the same overrides, finished its stage 1."""
+    """True when an earlier run of variant `name` (`before`: its entry), with the same overrides,
+    finished its stage 1."""
     done = Path(params.paths.pretrain) / "projector.safetensors"
     return (
         done.exists()
@@ -141,8 +187,16 @@ def _trained_stage1(name: str, params: Any, before: dict[str, Any]) -> bool:
     )
 
 
-def run(name: str, until: str, before: dict[str, Any]) -> dict[str, Any]:
-    """Run variant `name` through stage `until`; `before` is its entry from an earlier run."""
+def _manifest_splits(features_dir: Path) -> set[str]:
+    """The splits a feature cache already lists (so that a run never drops one from it)."""
+    manifest = features_dir / "manifest.parquet"
+    if not manifest.exists():
+        return set()
+    return set(pq.read_table(manifest, columns=["split"])["split"].to_pylist())
+
+
+def run(name: str, until: str, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Run variant `name` through stage `until`; `results`: every variant's entry so far."""
     if not VARIANTS[name]:  # the preset itself: the model `make small-real` trained and evaluated
         reports = Path(load_params(preset_path("small-real")).paths.reports)
         summary = json.loads((reports / "eval.json").read_text())
@@ -157,33 +211,43 @@ def run(name: str, until: str, before: dict[str, Any]) -> dict[str, Any]:
             "loss": loss,
             "categories": {k: v for k, v in summary["categories"].items() if k in sets},
         }
-    params = variant_params(name, VARIANTS[name])
+    params = variant_params(name)
+    # every variant answers the preset's evaluation sets: the scenes of a variant's own synth are
+    # the same, its questions are not (they are drawn after the instruct conversations)
+    scored = variant_params(name, eval_synth=preset_synth())
     times: dict[str, Any] = {}
     losses: dict[str, float] = {}
-    stages = (
-        ("synth", lambda: synth.run(params)),
-        # stage 1 alone needs only the pretrain features; a later run adds the instruct shards
-        (
-            "features",
-            lambda: features.run(
-                params, splits=("pretrain",) if until == "pretrain" else features.SPLITS
-            ),
-        ),
-        ("pretrain", lambda: train(params, "pretrain", resume="auto")),
-        ("finetune", lambda: train(params, "finetune", resume="auto")),
-        ("eval", lambda: eval_stage.run(params)),
-    )
     skip = set()
-    if params.paths.synth == load_params(preset_path("small-real")).paths.synth:
+    if params.paths.synth == preset_synth():
         skip.add("synth")  # the preset's images, made by `make small-real`
-    if not _changes_stage1(VARIANTS[name]):
+    owner = stage1_owner(name)
+    if owner is None:
         skip.add("pretrain")  # the preset's stage 1 (variant_params points there)
-    elif _trained_stage1(name, params, before):
+    elif _trained_stage1(owner, params, results.get(owner, {})):
         # a finished stage 1 keeps no checkpoint to resume from: carry its projector and numbers
         log.info("%s: reusing the stage-1 projector in %s", name, params.paths.pretrain)
         skip.add("pretrain")
-        times["pretrain"] = before["seconds"]["pretrain"]
-        losses["pretrain"] = before["loss"]["pretrain"]
+        times["pretrain"] = results[owner]["seconds"]["pretrain"]
+        losses["pretrain"] = results[owner]["loss"]["pretrain"]
+    elif owner != name:
+        raise SystemExit(
+            f"{name} starts from the stage-1 projector of {owner}, which has not finished: run "
+            f"`python benchmarks/small_real_variants.py --until pretrain {owner}` first"
+        )
+    # encode the splits the stages to run need, and keep those the cache already lists
+    needed = {"pretrain"} if until == "pretrain" else {"instruct"}
+    if "pretrain" not in skip:
+        needed.add("pretrain")
+    splits = [
+        s for s in features.SPLITS if s in needed | _manifest_splits(Path(params.paths.features))
+    ]
+    stages = (
+        ("synth", lambda: synth.run(params)),
+        ("features", lambda: features.run(params, splits=splits)),
+        ("pretrain", lambda: train(params, "pretrain", resume="auto")),
+        ("finetune", lambda: train(params, "finetune", resume="auto")),
+        ("eval", lambda: eval_stage.run(scored)),
+    )
     result: Any = None
     for stage, call in stages:
         if stage in skip:
@@ -197,10 +261,11 @@ def run(name: str, until: str, before: dict[str, Any]) -> dict[str, Any]:
             break
     out = {"overrides": VARIANTS[name], "seconds": times, "loss": losses, "categories": {}}
     if "pretrain" in times:
-        words = before.get("stage1_words") if "pretrain" in skip else None
+        words = results.get(owner or "", {}).get("stage1_words") if "pretrain" in skip else None
         out["stage1_words"] = words or stage1_words(params, Path(params.paths.pretrain))
     if until == "eval":
         out["categories"] = result["categories"]
+        out["eval_synth"] = scored.paths.synth
     return out
 
 
@@ -221,8 +286,9 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             for cat, c in cats.items():
                 columns.setdefault((bench, cat), c)
     title = [f"{SHORT.get(b, b)} {SHORT.get(c, c)}" for b, c in columns]
+    preset = preset_synth()
     scored = [
-        f"| {name} | "
+        f"| {name}{'†' if r.get('eval_synth', preset) != preset else ''} | "
         + " | ".join(
             f"{c['acc']:.0f} ({c['acc'] - c['majority']:+.0f})"
             if (c := r["categories"].get(b, {}).get(cat))
@@ -267,6 +333,15 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         + " |",
         "| *questions* | " + " | ".join(str(c["n"]) for c in columns.values()) + " |",
         *scored,
+        *(
+            [
+                "",
+                "† scored on its own synth's evaluation sets: the same scenes, other questions (drawn",
+                "after the instruct conversations), so compare its differences from the majority only.",
+            ]
+            if any("†" in row for row in scored)
+            else []
+        ),
         *render_words(results),
     ]
     return "\n".join(lines) + "\n"
@@ -340,12 +415,12 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     path = OUT / "variants.json"
     for name in args.names:
-        before = json.loads(path.read_text()).get(name, {}) if path.exists() else {}
+        so_far = json.loads(path.read_text()) if path.exists() else {}
         if args.words:
-            params = variant_params(name, VARIANTS[name])
+            params = variant_params(name)
             entry = {"stage1_words": stage1_words(params, Path(params.paths.pretrain))}
         else:
-            entry = run(name, args.until, before)
+            entry = run(name, args.until, so_far)
         # read again just before writing: variants run side by side add their own rows
         results = json.loads(path.read_text()) if path.exists() else {}
         base = {"overrides": VARIANTS[name], "seconds": {}, "loss": {}, "categories": {}}

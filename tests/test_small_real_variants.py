@@ -8,23 +8,32 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from small_real_variants import VARIANTS, _trained_stage1, variant_params
+from small_real_variants import (
+    STAGE2_DATA,
+    VARIANTS,
+    _trained_stage1,
+    stage1_owner,
+    variant_params,
+)
+
+from msr.data.synth.generate import generate
+from tests.conftest import tiny_params
 
 
 def test_a_stage2_variant_starts_from_the_presets_stage1() -> None:
-    params = variant_params("projector_lr", VARIANTS["projector_lr"])
+    params = variant_params("projector_lr")
     assert params.paths.pretrain == "data/small-real/pretrain"
     assert params.paths.finetune == "data/small-real/variants/projector_lr/finetune"
     assert params.finetune.projector_lr == pytest.approx(1e-3)
 
 
 def test_variants_share_the_features_their_overrides_make_the_same_way() -> None:
-    a = variant_params("fp32_pre_e3", VARIANTS["fp32_pre_e3"])
-    b = variant_params("fp32_pre_e3_heads8", VARIANTS["fp32_pre_e3_heads8"])
+    a = variant_params("fp32_pre_e3")
+    b = variant_params("fp32_pre_e3_heads8")
     assert a.paths.features == b.paths.features == "data/small-real/variants/features-dtype-fp32"
     assert a.paths.pretrain != b.paths.pretrain  # stage 1 differs: each trains its own
     assert b.projector.options["ms_resampler"]["num_heads"] == 8
-    turns = variant_params("turns24", VARIANTS["turns24"])
+    turns = variant_params("turns24")
     assert turns.paths.synth == "data/small-real/variants/synth-turns-2-4"
     assert turns.paths.features == "data/small-real/variants/features-turns-2-4"
 
@@ -34,7 +43,7 @@ def test_a_finished_stage1_is_reused_only_with_the_same_overrides(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     name = "fp32_pre_e3"
-    params = variant_params(name, VARIANTS[name])
+    params = variant_params(name)
     before = {"overrides": VARIANTS[name], "seconds": {"pretrain": 1.0}, "loss": {"pretrain": 0.4}}
     assert not _trained_stage1(name, params, before)  # no projector on disk yet
     out = Path(params.paths.pretrain)
@@ -43,3 +52,40 @@ def test_a_finished_stage1_is_reused_only_with_the_same_overrides(
     assert _trained_stage1(name, params, before)
     assert not _trained_stage1(name, params, {**before, "overrides": VARIANTS["fp32"]})
     assert not _trained_stage1(name, params, {**before, "loss": {}})  # stage 1 never finished
+
+
+def test_a_variant_of_the_instruct_questions_shares_its_bases_stage1() -> None:
+    mc = variant_params("fp32_pre_e3_mc50")
+    assert stage1_owner("fp32_pre_e3_mc50") == "fp32_pre_e3"
+    assert mc.paths.pretrain == variant_params("fp32_pre_e3").paths.pretrain
+    assert mc.paths.synth == "data/small-real/variants/synth-mc_prob-0.5"
+    assert mc.data.synth.mc_prob == pytest.approx(0.5)
+    assert stage1_owner("turns24") is None  # the preset's stage 1
+    assert stage1_owner("fp32_pre_e3_heads8") == "fp32_pre_e3_heads8"  # its own
+    # scored on the preset's evaluation sets, trained on its own instruct data
+    scored = variant_params("fp32_pre_e3_mc50", eval_synth="data/small-real/synth")
+    assert scored.paths.synth == "data/small-real/synth"
+    assert scored.data.instruct_json == mc.data.instruct_json
+
+
+def test_the_stage2_data_params_change_no_image_and_no_caption(tmp_path: Path) -> None:
+    """What lets a variant of the instruct questions share its base's stage 1 and eval scenes."""
+    changed = {
+        "turns": (2, 4),
+        "mc_prob": 0.9,
+        "ocr_prob": 0.0,
+        "text_only": 0,
+        "categories": ["global", "counting"],
+    }
+    assert {f"data.synth.{k}=" for k in changed} == set(STAGE2_DATA)
+    params = tiny_params(tmp_path)
+    base = tmp_path / "base"
+    generate(base, params.data.synth, image_size=params.vision.image_size)
+    for key, value in changed.items():
+        out = tmp_path / key
+        generate(out, params.data.synth.model_copy(update={key: value}), params.vision.image_size)
+        assert (out / "pretrain.json").read_bytes() == (base / "pretrain.json").read_bytes(), key
+        images = sorted(p.relative_to(out) for p in out.rglob("*.jpg"))
+        assert images, key
+        for rel in images:  # an instruct scene with no question asked is not written
+            assert (out / rel).read_bytes() == (base / rel).read_bytes(), (key, rel)
