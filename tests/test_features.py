@@ -120,6 +120,22 @@ def test_one_split_first_then_the_rest(tiny_workspace: Params, tmp_path: Path) -
         features.run(p, workers=0, splits=["eval"])
 
 
+def test_one_split_after_both_keeps_the_other_splits_shards(
+    tiny_workspace: Params, tmp_path: Path
+) -> None:
+    """A run of one split lists only that split, and loses none of the other's encoded shards."""
+    p = with_features(tiny_workspace, tmp_path / "f")
+    features.run(p, workers=0)
+    both = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "f").glob("*-*.*")}
+    assert any(name.startswith("instruct-") for name in both)
+    features.run(p, workers=0, splits=["pretrain"])
+    assert set(read_manifest(tmp_path / "f")[0]["split"].to_pylist()) == {"pretrain"}
+    assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "f").glob("*-*.*")} == both
+    report = features.run(p, workers=0)  # nothing to encode: both splits listed again
+    assert report.images == 0
+    assert set(read_manifest(tmp_path / "f")[0]["split"].to_pylist()) == {"pretrain", "instruct"}
+
+
 def test_resume_after_crash_mid_shard(
     tiny_workspace: Params, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -170,7 +170,9 @@ def shard_state(out: Path, plan: ShardPlan, verify: bool) -> str:
 
 
 def merge_manifest(out: Path, plans: Iterable[ShardPlan], fingerprint: dict[str, Any]) -> pa.Table:
-    """Concatenate the fragments of every planned shard into manifest.parquet; remove unplanned shards."""
+    """Concatenate the fragments of every planned shard into manifest.parquet; remove the shards of
+    the planned splits that are no longer planned. Shards of a split not planned in this run are
+    kept (not listed): a later run with that split reuses them."""
     plans = list(plans)
     missing = [p.name for p in plans if not (out / f"{p.name}.parquet").exists()]
     if missing:
@@ -181,9 +183,9 @@ def merge_manifest(out: Path, plans: Iterable[ShardPlan], fingerprint: dict[str,
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     table = table.replace_schema_metadata({"fingerprint": json.dumps(fingerprint, sort_keys=True)})
     atomic_write(out / MANIFEST, lambda f: pq.write_table(table, f))
-    planned = {p.name for p in plans}
+    planned, splits = {p.name for p in plans}, {p.split for p in plans}
     for stale in out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].*"):
-        if stale.stem not in planned:
+        if stale.stem not in planned and stale.stem.rsplit("-", 1)[0] in splits:
             stale.unlink()
     return table
 
