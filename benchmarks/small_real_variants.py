@@ -253,8 +253,8 @@ def run(name: str, until: str, results: dict[str, dict[str, Any]]) -> dict[str, 
         if stage == until:
             break
     out = {"overrides": VARIANTS[name], "seconds": times, "loss": losses, "categories": {}}
-    if "pretrain" in times:
-        words = results.get(owner or "", {}).get("stage1_words") if "pretrain" in skip else None
+    if "pretrain" in times and owner == name:  # another owner's stage 1 has its own words row
+        words = results.get(name, {}).get("stage1_words") if "pretrain" in skip else None
         out["stage1_words"] = words or stage1_words(params, Path(params.paths.pretrain))
     if until == "eval":
         out["categories"] = result["categories"]
