@@ -96,6 +96,10 @@ VARIANTS: dict[str, list[str]] = {
     "fp32_pre_e3_seed1": [*FP32, "pretrain.epochs=3.0", "finetune.seed=1"],
     # LLaVA's mm_projector_lr: the projector learns 10x faster than the LLM in stage 2
     "fp32_pre_e3_projector_lr": [*FP32, "pretrain.epochs=3.0", "finetune.projector_lr=1.0e-3"],
+    # the LLM alone learns to read an answer off the options from ~1,000 text prompts that state it
+    # (benchmarks/small_real_letters.py): 1,500 text-only multiple-choice records about scenes in
+    # words, beside the image questions
+    "fp32_pre_e3_text_mc": [*FP32, "pretrain.epochs=3.0", "data.synth.text_mc=1500"],
 }
 
 # synth params that change only the instruct conversations (and the eval questions drawn after
@@ -107,6 +111,7 @@ STAGE2_DATA = (
     "data.synth.ocr_prob=",
     "data.synth.text_only=",
     "data.synth.categories=",
+    "data.synth.text_mc=",
 )
 
 

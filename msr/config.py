@@ -44,6 +44,9 @@ class Synth(Section):
     pretrain_images: int = Field(gt=0)
     instruct_images: int = Field(gt=0)
     text_only: int = Field(0, ge=0)  # text-only instruct records, like ShareGPT in mix665k
+    # text-only multiple-choice records: a scene in words, a question about it and its options,
+    # answered with the letter (reading an answer off the options, apart from seeing)
+    text_mc: int = Field(0, ge=0)
     eval_images: int = Field(gt=0)  # scenes per evaluation set
     turns: tuple[int, int] = (1, 3)  # question turns per instruct record (min, max)
     categories: list[Category] = Field(min_length=1)  # what instruct records ask about
@@ -65,6 +68,13 @@ class Synth(Section):
             raise ValueError(f"unknown colour(s) {unknown}; known: {', '.join(COLORS)}")
         if not 1 <= self.turns[0] <= self.turns[1]:
             raise ValueError(f"turns={list(self.turns)} must be (min, max) with 1 ≤ min ≤ max")
+        from msr.data.synth.generate import CAPTION_CATEGORIES
+
+        if self.text_mc and not set(self.categories) & set(CAPTION_CATEGORIES):
+            raise ValueError(
+                f"text_mc={self.text_mc} asks what a caption answers, one of "
+                f"{', '.join(CAPTION_CATEGORIES)}; categories={self.categories} has none"
+            )
         return self
 
 

@@ -76,6 +76,7 @@ def test_the_stage2_data_params_change_no_image_and_no_caption(tmp_path: Path) -
         "ocr_prob": 0.0,
         "text_only": 0,
         "categories": ["global", "counting"],
+        "text_mc": 8,
     }
     assert {f"data.synth.{k}=" for k in changed} == set(STAGE2_DATA)
     params = tiny_params(tmp_path)

@@ -34,6 +34,9 @@ CAPTION_PROMPTS = (
     "What does this image show?",
 )
 TEXT_TASKS = ("add", "count_letters", "reverse", "mix")
+# what a caption answers (it names every shape, its size and colour and the background, not where
+# the shapes are)
+CAPTION_CATEGORIES = ("global", "local_attribute", "counting", "existence")
 
 
 def save_jpeg(img: Image.Image, path: Path) -> None:
@@ -94,15 +97,43 @@ def _phrase(rng: random.Random, scene: Scene, qa: QA, cfg: Synth) -> tuple[str, 
     """A question as the training mix phrases it: short answer, multiple choice (letter answer), or
     for glyphs with a `Reference OCR token:` line — the prompt shapes the evaluation sets use."""
     if len(qa.choices) >= 2 and rng.random() < cfg.mc_prob:
-        letters = "ABCD"[: len(qa.choices)]
-        options = "".join(
-            f"\n{letter}. {choice}" for letter, choice in zip(letters, qa.choices, strict=False)
-        )
-        return f"{qa.question}{options}{eval_sets.MC}", letters[qa.choices.index(qa.answer)]
+        options, letter = _options(qa)
+        return f"{qa.question}{options}{eval_sets.MC}", letter
     question = qa.question
     if qa.category == "glyph" and scene.glyph is not None and rng.random() < cfg.ocr_prob:
         question += f"\nReference OCR token: {eval_sets.ocr_tokens(rng, scene.glyph.char)}"
     return f"{question}{eval_sets.SHORT}", display(qa.answer)
+
+
+def _options(qa: QA) -> tuple[str, str]:
+    """The options lines as evaluation writes them ("\nA. red\nB. blue") and the gold letter."""
+    letters = "ABCD"[: len(qa.choices)]
+    lines = "".join(f"\n{k}. {c}" for k, c in zip(letters, qa.choices, strict=False))
+    return lines, letters[qa.choices.index(qa.answer)]
+
+
+def _text_mc_record(
+    rng: random.Random, scene: Scene, idx: int, cfg: Synth
+) -> dict[str, Any] | None:
+    """A text-only multiple-choice record: the scene in words, one question that the words answer,
+    its options; the answer is the option's letter. A small LLM does not read an answer off the
+    options by itself (benchmarks/small_real_letters.py); here it can learn to without the image."""
+    categories = [c for c in CAPTION_CATEGORIES if c in cfg.categories]
+    for category in rng.sample(categories, len(categories)):
+        qa = ask(rng, scene, category, cfg.colors)
+        if qa is None or len(qa.choices) < 2:
+            continue
+        options, letter = _options(qa)
+        question = f"Scene: {caption(scene)}.\n{qa.question}{options}{eval_sets.MC}"
+        return {
+            "id": f"text_mc_{idx:08d}",
+            "model": "",
+            "conversations": [
+                {"from": "human", "value": question},
+                {"from": "gpt", "value": letter},
+            ],
+        }
+    return None
 
 
 def _text_record(rng: random.Random, idx: int) -> dict[str, Any]:
@@ -194,6 +225,14 @@ def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
         save_jpeg(render(scene), out / record["image"])
         instruct_rows.append(record)
     instruct_rows += [_text_record(rng, n) for n in range(cfg.text_only)]
+    # their scenes and questions from their own stream: the other records stay as they were
+    mc_rng, made = random.Random(f"{cfg.seed}/text-mc"), 0
+    while made < cfg.text_mc:  # the config guarantees a category the caption answers
+        scene = sample_scene(mc_rng, spec, f"text-mc-{made:09d}")
+        record = _text_mc_record(mc_rng, scene, made, cfg) if scene.shapes else None
+        if record is not None:
+            instruct_rows.append(record)
+            made += 1
     rng.shuffle(instruct_rows)
     atomic_write_json(out / "instruct.json", instruct_rows)
 
@@ -207,9 +246,10 @@ def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
     summary = {
         "pretrain": {"images": len(pretrain_rows), "records": len(pretrain_rows)},
         "instruct": {
-            "images": len(instruct_rows) - cfg.text_only,
+            "images": sum("image" in r for r in instruct_rows),
             "records": len(instruct_rows),
             "text_only": cfg.text_only,
+            **({"text_mc": cfg.text_mc} if cfg.text_mc else {}),
             "questions_by_category": dict(sorted(categories.items())),
         },
         "eval_questions": written,
