@@ -40,7 +40,7 @@ from small_real_probe import scene_spec
 
 from msr.config import Params, load_params
 from msr.data.synth.eval_sets import MC, MMBENCH_CATEGORIES
-from msr.data.synth.questions import ask
+from msr.data.synth.questions import ask, mc_options
 from msr.data.synth.scene import sample_scene
 from msr.data.templates import Template
 from msr.data.tokenize import IGNORE_INDEX, encode
@@ -109,10 +109,8 @@ def prompts(p: Params, rng: random.Random, n: int) -> list[tuple[str, str]]:
         qa = ask(rng, scene, rng.choice(MMBENCH_CATEGORIES), p.data.synth.colors)
         if qa is None or len(qa.choices) < 2:
             continue
-        letters = "ABCD"[: len(qa.choices)]
-        options = "".join(f"\n{k}. {c}" for k, c in zip(letters, qa.choices, strict=False))
-        text = fact(qa.answer) + qa.question + options + MC
-        out.append((text, letters[qa.choices.index(qa.answer)]))
+        options, letter = mc_options(qa)
+        out.append((fact(qa.answer) + qa.question + options + MC, letter))
     return out
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from msr.config import Synth
 from msr.data.synth import eval_sets
-from msr.data.synth.questions import QA, ask, caption, display
+from msr.data.synth.questions import QA, ask, caption, display, mc_options
 from msr.data.synth.scene import Scene, SceneSpec, render, sample_scene
 from msr.utils.io import atomic_write, atomic_write_json
 
@@ -97,19 +97,12 @@ def _phrase(rng: random.Random, scene: Scene, qa: QA, cfg: Synth) -> tuple[str, 
     """A question as the training mix phrases it: short answer, multiple choice (letter answer), or
     for glyphs with a `Reference OCR token:` line — the prompt shapes the evaluation sets use."""
     if len(qa.choices) >= 2 and rng.random() < cfg.mc_prob:
-        options, letter = _options(qa)
+        options, letter = mc_options(qa)
         return f"{qa.question}{options}{eval_sets.MC}", letter
     question = qa.question
     if qa.category == "glyph" and scene.glyph is not None and rng.random() < cfg.ocr_prob:
         question += f"\nReference OCR token: {eval_sets.ocr_tokens(rng, scene.glyph.char)}"
     return f"{question}{eval_sets.SHORT}", display(qa.answer)
-
-
-def _options(qa: QA) -> tuple[str, str]:
-    """The options lines as evaluation writes them ("\nA. red\nB. blue") and the gold letter."""
-    letters = "ABCD"[: len(qa.choices)]
-    lines = "".join(f"\n{k}. {c}" for k, c in zip(letters, qa.choices, strict=False))
-    return lines, letters[qa.choices.index(qa.answer)]
 
 
 def _text_mc_record(
@@ -123,7 +116,7 @@ def _text_mc_record(
         qa = ask(rng, scene, category, cfg.colors)
         if qa is None or len(qa.choices) < 2:
             continue
-        options, letter = _options(qa)
+        options, letter = mc_options(qa)
         question = f"Scene: {caption(scene)}.\n{qa.question}{options}{eval_sets.MC}"
         return {
             "id": f"text_mc_{idx:08d}",

@@ -173,6 +173,13 @@ def caption(scene: Scene) -> str:
     return text
 
 
+def mc_options(qa: QA) -> tuple[str, str]:
+    """The options lines as evaluation writes them ("\nA. red\nB. blue") and the gold letter."""
+    letters = "ABCD"[: len(qa.choices)]
+    lines = "".join(f"\n{k}. {c}" for k, c in zip(letters, qa.choices, strict=False))
+    return lines, letters[qa.choices.index(qa.answer)]
+
+
 def display(answer: str) -> str:
     """How an assistant says a short answer in the training conversations: capitalised."""
     return answer[:1].upper() + answer[1:]
