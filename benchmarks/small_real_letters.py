@@ -32,6 +32,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,17 +115,28 @@ def prompts(p: Params, rng: random.Random, n: int) -> list[tuple[str, str]]:
     return out
 
 
-def train(p: Params, llm: Any, tokenizer: Any, template: Template, steps: int) -> float:
-    """`steps` AdamW steps of BATCH text prompts, the answer letter and end of turn supervised;
-    the last step's loss."""
-    rng = random.Random("letters/train")
+Prompts = Callable[[Params, random.Random, int], list[tuple[str, str]]]
+
+
+def train(
+    p: Params,
+    llm: Any,
+    tokenizer: Any,
+    template: Template,
+    steps: int,
+    make: Prompts = prompts,
+    stream: str = "letters/train",
+) -> float:
+    """`steps` AdamW steps of BATCH text prompts from `make` (its own seed `stream`), the answer
+    and end of turn supervised; the last step's loss."""
+    rng = random.Random(stream)
     torch.manual_seed(0)
     opt = torch.optim.AdamW(llm.parameters(), lr=p.finetune.lr, weight_decay=0.0)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     llm.train()
     loss = torch.tensor(float("nan"))
     for step in range(1, steps + 1):
-        turns = [[("human", q), ("gpt", a)] for q, a in prompts(p, rng, BATCH)]
+        turns = [[("human", q), ("gpt", a)] for q, a in make(p, rng, BATCH)]
         batch = [encode(f"letters-{step}-{i}", t, tokenizer, template, 0, 512, has_image=False)
                  for i, t in enumerate(turns)]  # fmt: skip
         width = max(len(e.input_ids) for e in batch)

@@ -77,6 +77,13 @@ VARIANTS: dict[str, list[str]] = {
     "fp32_pre_e3": [*FP32, "pretrain.epochs=3.0"],
     "fp32_pre_e3_resampler": [*FP32, "pretrain.epochs=3.0", "projector.name=resampler"],
     "fp32_pre_e3_avgpool": [*FP32, "pretrain.epochs=3.0", "projector.name=avgpool"],
+    # the resampler with MS-Resampler's second stage-2 seed: the comparison with two seeds a side
+    "fp32_pre_e3_resampler_seed1": [
+        *FP32,
+        "pretrain.epochs=3.0",
+        "projector.name=resampler",
+        "finetune.seed=1",
+    ],
     # binding a colour to its shape among several: one attention head per query mixes every patch
     # it attends into one value vector; eight heads (72 channels each) can attend to each separately
     "fp32_pre_e3_heads8": [
@@ -100,6 +107,10 @@ VARIANTS: dict[str, list[str]] = {
     # (benchmarks/small_real_letters.py): 1,500 text-only multiple-choice records about scenes in
     # words, beside the image questions
     "fp32_pre_e3_text_mc": [*FP32, "pretrain.epochs=3.0", "data.synth.text_mc=1500"],
+    # told a scene in words, the stage-2 LLM answers the background and a shape's colour but not
+    # whether a colour is in it ("no" to all) nor how many shapes (benchmarks/small_real_text_qa.py):
+    # 1,500 text-only short-answer records about scenes in words, beside the image questions
+    "fp32_pre_e3_text_qa": [*FP32, "pretrain.epochs=3.0", "data.synth.text_qa=1500"],
 }
 
 # synth params that change only the instruct conversations (and the eval questions drawn after
@@ -112,6 +123,7 @@ STAGE2_DATA = (
     "data.synth.text_only=",
     "data.synth.categories=",
     "data.synth.text_mc=",
+    "data.synth.text_qa=",
 )
 
 

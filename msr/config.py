@@ -47,6 +47,9 @@ class Synth(Section):
     # text-only multiple-choice records: a scene in words, a question about it and its options,
     # answered with the letter (reading an answer off the options, apart from seeing)
     text_mc: int = Field(0, ge=0)
+    # text-only short-answer records: the same scenes in words and questions, answered in a word
+    # as the image questions are (checking a scene, e.g. whether a colour is in it, apart from seeing)
+    text_qa: int = Field(0, ge=0)
     eval_images: int = Field(gt=0)  # scenes per evaluation set
     turns: tuple[int, int] = (1, 3)  # question turns per instruct record (min, max)
     categories: list[Category] = Field(min_length=1)  # what instruct records ask about
@@ -70,11 +73,13 @@ class Synth(Section):
             raise ValueError(f"turns={list(self.turns)} must be (min, max) with 1 ≤ min ≤ max")
         from msr.data.synth.generate import CAPTION_CATEGORIES
 
-        if self.text_mc and not set(self.categories) & set(CAPTION_CATEGORIES):
-            raise ValueError(
-                f"text_mc={self.text_mc} asks what a caption answers, one of "
-                f"{', '.join(CAPTION_CATEGORIES)}; categories={self.categories} has none"
-            )
+        for key in ("text_mc", "text_qa"):
+            n = getattr(self, key)
+            if n and not set(self.categories) & set(CAPTION_CATEGORIES):
+                raise ValueError(
+                    f"{key}={n} asks what a caption answers, one of "
+                    f"{', '.join(CAPTION_CATEGORIES)}; categories={self.categories} has none"
+                )
         return self
 
 

@@ -77,6 +77,7 @@ def test_the_stage2_data_params_change_no_image_and_no_caption(tmp_path: Path) -
         "text_only": 0,
         "categories": ["global", "counting"],
         "text_mc": 8,
+        "text_qa": 8,
     }
     assert {f"data.synth.{k}=" for k in changed} == set(STAGE2_DATA)
     params = tiny_params(tmp_path)

@@ -204,33 +204,50 @@ def _synth_with(tmp_path: Path, **overrides: object) -> Params:
     return tiny_params(tmp_path, data={"synth": {**base, **overrides}})
 
 
-def test_text_mc_records_state_their_answer_and_leave_the_rest_as_it_was(tmp_path: Path) -> None:
-    plain, with_mc = _synth_with(tmp_path / "a"), _synth_with(tmp_path / "b", text_mc=12)
+@pytest.mark.parametrize("kind", ["mc", "qa"])
+def test_text_scene_records_state_their_answer_and_leave_the_rest_as_it_was(
+    tmp_path: Path, kind: str
+) -> None:
+    key = f"text_{kind}"
+    plain, with_text = _synth_with(tmp_path / "a"), _synth_with(tmp_path / "b", **{key: 12})
     synth.run(plain)
-    synth.run(with_mc)
-    rows = json.loads(Path(with_mc.data.instruct_json).read_text())
-    mc = [r for r in rows if r["id"].startswith("text_mc_")]
-    assert len(mc) == 12 and all("image" not in r and r["model"] == "" for r in mc)
-    for r in mc:
-        question, letter = r["conversations"][0]["value"], r["conversations"][1]["value"]
+    synth.run(with_text)
+    rows = json.loads(Path(with_text.data.instruct_json).read_text())
+    made = [r for r in rows if r["id"].startswith(f"{key}_")]
+    assert len(made) == 12 and all("image" not in r and r["model"] == "" for r in made)
+    answers = []
+    for r in made:
+        question, answer = r["conversations"][0]["value"], r["conversations"][1]["value"]
         scene, *_ = question.split("\n")
-        options = dict(line.split(". ", 1) for line in question.split("\n")[2:-1])
-        assert scene.startswith("Scene: ") and question.endswith(
-            "\nAnswer with the option's letter from the given choices directly."
-        )
-        gold = options[letter]  # the caption says it: the colour, the count, yes/no
-        said = scene.removeprefix("Scene: ").rstrip(".")
-        if gold not in ("yes", "no") and not gold.isdigit():
+        assert scene.startswith("Scene: ")
+        if kind == "mc":
+            assert question.endswith(
+                "\nAnswer with the option's letter from the given choices directly."
+            )
+            options = dict(line.split(". ", 1) for line in question.split("\n")[2:-1])
+            gold = options[answer]
+        else:
+            assert question.endswith("\nAnswer the question using a single word or phrase.")
+            assert answer[:1].isupper() or answer.isdigit()  # said as the image answers are
+            gold = answer.lower()
+        answers.append(gold)
+        said = scene.removeprefix("Scene: ").rstrip(".")  # the caption says it
+        if gold in ("yes", "no"):
+            colour = question.split("\n")[1].split()[3]  # "Is there a {colour} shape ..."
+            assert (f" {colour} " in f" {said.split(' on a ')[0]} ") == (gold == "yes"), r
+        elif not gold.isdigit():
             assert gold in said, (said, r["conversations"])
+    assert len(set(answers)) > 2  # not one answer
     # the other records, their images and the evaluation sets' scenes are unchanged
-    others = {r["id"]: r for r in rows if not r["id"].startswith("text_mc_")}
+    others = {r["id"]: r for r in rows if not r["id"].startswith(f"{key}_")}
     before = {r["id"]: r for r in json.loads(Path(plain.data.instruct_json).read_text())}
     assert others == before
-    summary = json.loads((Path(with_mc.paths.synth) / "summary.json").read_text())
-    assert summary["instruct"]["text_mc"] == 12
+    summary = json.loads((Path(with_text.paths.synth) / "summary.json").read_text())
+    assert summary["instruct"][key] == 12
     assert summary["instruct"]["images"] == sum("image" in r for r in rows)
 
 
-def test_text_mc_needs_a_category_a_caption_answers(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"text_mc=5 asks what a caption answers.*'spatial'"):
-        _synth_with(tmp_path, text_mc=5, categories=["spatial"])
+@pytest.mark.parametrize("key", ["text_mc", "text_qa"])
+def test_text_scene_records_need_a_category_a_caption_answers(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ValueError, match=rf"{key}=5 asks what a caption answers.*'spatial'"):
+        _synth_with(tmp_path, **{key: 5}, categories=["spatial"])

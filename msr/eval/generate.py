@@ -15,9 +15,11 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from msr.data.templates import Template
 from msr.data.tokenize import IMAGE_TOKEN_INDEX, tokenize_with_image
 from msr.eval.benchmarks.base import ImageRef, Question
 from msr.models.mllm import MLLM
@@ -37,6 +39,17 @@ class GenerationArgs:
 def _digest(image: ImageRef) -> str:
     """An image's content hash, once per image (POPE and MME ask several questions per image)."""
     return image.digest()
+
+
+def stop_ids(tokenizer: Any, template: Template) -> list[int]:
+    """The token ids generation stops on: EOS and each of the template's stop strings that is one
+    token of the vocabulary (ChatML's `<|im_end|>`)."""
+    stops = {tokenizer.eos_token_id}
+    for s in template.stop_strings:
+        sid = tokenizer.convert_tokens_to_ids(s) if s in tokenizer.get_vocab() else None
+        if sid is not None and sid != tokenizer.unk_token_id:
+            stops.add(sid)
+    return sorted(i for i in stops if i is not None)
 
 
 class ResponseCache:
@@ -80,12 +93,7 @@ class Generator:
         self.template = model.template
         tok = model.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        stops = {tok.eos_token_id}
-        for s in self.template.stop_strings:
-            sid = tok.convert_tokens_to_ids(s) if s in tok.get_vocab() else None
-            if sid is not None and sid != tok.unk_token_id:
-                stops.add(sid)
-        self.stop_ids = sorted(i for i in stops if i is not None)
+        self.stop_ids = stop_ids(tok, self.template)
 
     def prompt(self, q: Question) -> str:
         return self.template.prompt(q.text, has_image=q.image is not None)

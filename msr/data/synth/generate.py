@@ -105,25 +105,31 @@ def _phrase(rng: random.Random, scene: Scene, qa: QA, cfg: Synth) -> tuple[str, 
     return f"{question}{eval_sets.SHORT}", display(qa.answer)
 
 
-def _text_mc_record(
-    rng: random.Random, scene: Scene, idx: int, cfg: Synth
+def _text_scene_record(
+    rng: random.Random, scene: Scene, idx: int, cfg: Synth, kind: str
 ) -> dict[str, Any] | None:
-    """A text-only multiple-choice record: the scene in words, one question that the words answer,
-    its options; the answer is the option's letter. A small LLM does not read an answer off the
-    options by itself (benchmarks/small_real_letters.py); here it can learn to without the image."""
+    """A text-only record about a scene in words: one question that the words answer, as a
+    multiple-choice question answered with the option's letter (`kind` "mc") or as a short-answer
+    question answered in a word as the image questions are ("qa"). A small LLM neither reads an
+    answer off the options nor checks a scene for a colour by itself
+    (benchmarks/small_real_letters.py, small_real_text_qa.py); here it can learn to without the
+    image."""
     categories = [c for c in CAPTION_CATEGORIES if c in cfg.categories]
     for category in rng.sample(categories, len(categories)):
         qa = ask(rng, scene, category, cfg.colors)
-        if qa is None or len(qa.choices) < 2:
+        if qa is None or (kind == "mc" and len(qa.choices) < 2):
             continue
-        options, letter = mc_options(qa)
-        question = f"Scene: {caption(scene)}.\n{qa.question}{options}{eval_sets.MC}"
+        if kind == "mc":
+            options, answer = mc_options(qa)
+            question = f"{qa.question}{options}{eval_sets.MC}"
+        else:
+            question, answer = f"{qa.question}{eval_sets.SHORT}", display(qa.answer)
         return {
-            "id": f"text_mc_{idx:08d}",
+            "id": f"text_{kind}_{idx:08d}",
             "model": "",
             "conversations": [
-                {"from": "human", "value": question},
-                {"from": "gpt", "value": letter},
+                {"from": "human", "value": f"Scene: {caption(scene)}.\n{question}"},
+                {"from": "gpt", "value": answer},
             ],
         }
     return None
@@ -218,14 +224,15 @@ def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
         save_jpeg(render(scene), out / record["image"])
         instruct_rows.append(record)
     instruct_rows += [_text_record(rng, n) for n in range(cfg.text_only)]
-    # their scenes and questions from their own stream: the other records stay as they were
-    mc_rng, made = random.Random(f"{cfg.seed}/text-mc"), 0
-    while made < cfg.text_mc:  # the config guarantees a category the caption answers
-        scene = sample_scene(mc_rng, spec, f"text-mc-{made:09d}")
-        record = _text_mc_record(mc_rng, scene, made, cfg) if scene.shapes else None
-        if record is not None:
-            instruct_rows.append(record)
-            made += 1
+    # their scenes and questions from their own streams: the other records stay as they were
+    for kind, wanted in (("mc", cfg.text_mc), ("qa", cfg.text_qa)):
+        text_rng, made = random.Random(f"{cfg.seed}/text-{kind}"), 0
+        while made < wanted:  # the config guarantees a category the caption answers
+            scene = sample_scene(text_rng, spec, f"text-{kind}-{made:09d}")
+            record = _text_scene_record(text_rng, scene, made, cfg, kind) if scene.shapes else None
+            if record is not None:
+                instruct_rows.append(record)
+                made += 1
     rng.shuffle(instruct_rows)
     atomic_write_json(out / "instruct.json", instruct_rows)
 
@@ -243,6 +250,7 @@ def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
             "records": len(instruct_rows),
             "text_only": cfg.text_only,
             **({"text_mc": cfg.text_mc} if cfg.text_mc else {}),
+            **({"text_qa": cfg.text_qa} if cfg.text_qa else {}),
             "questions_by_category": dict(sorted(categories.items())),
         },
         "eval_questions": written,
