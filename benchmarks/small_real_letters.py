@@ -50,7 +50,7 @@ from msr.eval.benchmarks.base import Benchmark, Question
 from msr.models.llm import load_causal_lm, load_template, load_tokenizer
 from msr.models.mllm import MLLM
 from msr.presets import preset_path
-from msr.utils.io import write_report
+from msr.utils.io import atomic_write_json, write_report
 
 log = logging.getLogger("small_real_letters")
 OUT = Path("reports/small-real")
@@ -201,6 +201,8 @@ def main() -> None:
     path = OUT / "letters.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results[name] = entry
+    # the entry first: a run is not lost to a report that fails to render
+    atomic_write_json(OUT / "letters.json", results)
     write_report(OUT / "letters", results, render(results))
 
 

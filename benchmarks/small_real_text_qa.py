@@ -49,7 +49,7 @@ from msr.eval.generate import GenerationArgs, Generator, stop_ids
 from msr.eval.scoring import gqa_match
 from msr.models.mllm import MLLM
 from msr.presets import preset_path
-from msr.utils.io import write_report
+from msr.utils.io import atomic_write_json, write_report
 
 log = logging.getLogger("small_real_text_qa")
 OUT = Path("reports/small-real")
@@ -260,6 +260,8 @@ def main() -> None:
     path = OUT / "text_qa.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     results[name] = entry
+    # the entry first: a run is not lost to a report that fails to render
+    atomic_write_json(OUT / "text_qa.json", results)
     write_report(OUT / "text_qa", results, render(results))
 
 

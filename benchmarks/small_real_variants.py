@@ -38,7 +38,7 @@ from small_real_probe import stage1_words
 from msr.config import load_params
 from msr.presets import FP32, preset_path
 from msr.train.loop import TrainResult, train
-from msr.utils.io import write_report
+from msr.utils.io import atomic_write_json, write_report
 from stages import eval as eval_stage
 from stages import features, synth
 
@@ -111,6 +111,9 @@ VARIANTS: dict[str, list[str]] = {
     # whether a colour is in it ("no" to all) nor how many shapes (benchmarks/small_real_text_qa.py):
     # 1,500 text-only short-answer records about scenes in words, beside the image questions
     "fp32_pre_e3_text_qa": [*FP32, "pretrain.epochs=3.0", "data.synth.text_qa=1500"],
+    # skills taught on words do not carry to the image (text_mc, text_qa probe): checking the image
+    # for a colour has to be learned from image turns; two epochs of them instead of one
+    "fp32_pre_e3_ft_e2": [*FP32, "pretrain.epochs=3.0", "finetune.epochs=2.0"],
 }
 
 # synth params that change only the instruct conversations (and the eval questions drawn after
@@ -435,6 +438,8 @@ def main() -> None:
         results = json.loads(path.read_text()) if path.exists() else {}
         base = {"overrides": VARIANTS[name], "seconds": {}, "loss": {}, "categories": {}}
         results[name] = {**results.get(name, base), **entry}
+        # the entry first: a run is not lost to a report that fails to render
+        atomic_write_json(OUT / "variants.json", results)
         write_report(OUT / "variants", results, render(results))
 
 
