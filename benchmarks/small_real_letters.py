@@ -179,20 +179,30 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def probe_parser(doc: str) -> argparse.ArgumentParser:
+    """The command line of the text probes: a model, text-only steps first, a row name."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("source", help="`base` (the preset's LLM) or a trained model's directory")
     parser.add_argument("--train", type=int, default=0, help="text-only steps first (default 0)")
     parser.add_argument("--name", help="the row's name (default: from source and --train)")
-    args = parser.parse_args()
+    return parser
+
+
+def row_name(args: argparse.Namespace) -> str:
+    """`base`, or the trained model's variant (its directory's parent), + the text steps."""
+    name = args.name or (args.source if args.source == "base" else Path(args.source).parent.name)
+    return name + (f" + {args.train} text steps" if args.train else "")
+
+
+def main() -> None:
+    args = probe_parser(__doc__).parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     p = load_params(preset_path("small-real"))
     bench = make_benchmark("synth_mmbench", None, p.paths.synth)
     llm, tokenizer, template = load_llm(p, args.source)
-    name = args.name or (args.source if args.source == "base" else Path(args.source).parent.name)
+    name = row_name(args)
     entry: dict[str, Any] = {"source": args.source, "train_steps": args.train}
     if args.train:
-        name += f" + {args.train} text steps"
         start = time.perf_counter()
         entry["train_loss"] = train(p, llm, tokenizer, template, args.train)
         log.info("trained in %.0f s", time.perf_counter() - start)

@@ -26,7 +26,6 @@ one row per model.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from small_real_letters import load_llm, train
+from small_real_letters import load_llm, probe_parser, row_name, train
 from small_real_probe import scene_spec
 
 from msr.config import Params, load_params
@@ -227,15 +226,12 @@ def render(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("source", help="`base` (the preset's LLM) or a trained model's directory")
-    parser.add_argument("--train", type=int, default=0, help="text-only steps first (default 0)")
-    parser.add_argument("--name", help="the row's name (default: from source and --train)")
+    parser = probe_parser(__doc__)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.manual_seed(0)
     p = load_params(preset_path("small-real"))
-    name = args.name or (args.source if args.source == "base" else Path(args.source).parent.name)
+    name = row_name(args)
     entry: dict[str, Any] = {"source": args.source, "train_steps": args.train}
     if args.train:
         if args.source == "base":
@@ -244,7 +240,6 @@ def main() -> None:
         llm, tokenizer, template = model.llm, model.tokenizer, model.template
         entry["image_before"] = image_gqa(model, p)
         log.info("synth GQA before: %s", entry["image_before"])
-        name += f" + {args.train} text steps"
         start = time.perf_counter()
         entry["train_loss"] = train(
             p, llm, tokenizer, template, args.train, prompts, "text-qa/train"
