@@ -194,6 +194,18 @@ def row_name(args: argparse.Namespace) -> str:
     return name + (f" + {args.train} text steps" if args.train else "")
 
 
+def add_row(
+    stem: Path, name: str, entry: dict[str, Any], render: Callable[[dict[str, Any]], str]
+) -> None:
+    """Add (or replace) row `name` of the report `stem`.{json,md}: the json first, so a run is not
+    lost to a report that fails to render."""
+    path = stem.with_name(f"{stem.name}.json")
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[name] = entry
+    atomic_write_json(path, results)
+    write_report(stem, results, render(results))
+
+
 def main() -> None:
     args = probe_parser(__doc__).parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -208,12 +220,7 @@ def main() -> None:
         log.info("trained in %.0f s", time.perf_counter() - start)
     entry.update(score(llm, tokenizer, template, bench))
     log.info("%s: %s", name, entry)
-    path = OUT / "letters.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results[name] = entry
-    # the entry first: a run is not lost to a report that fails to render
-    atomic_write_json(OUT / "letters.json", results)
-    write_report(OUT / "letters", results, render(results))
+    add_row(OUT / "letters", name, entry, render)
 
 
 if __name__ == "__main__":

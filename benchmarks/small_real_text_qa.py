@@ -26,7 +26,6 @@ one row per model.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from small_real_letters import load_llm, probe_parser, row_name, train
+from small_real_letters import add_row, load_llm, probe_parser, row_name, train
 from small_real_probe import scene_spec
 
 from msr.config import Params, load_params
@@ -48,7 +47,6 @@ from msr.eval.generate import GenerationArgs, Generator, stop_ids
 from msr.eval.scoring import gqa_match
 from msr.models.mllm import MLLM
 from msr.presets import preset_path
-from msr.utils.io import atomic_write_json, write_report
 
 log = logging.getLogger("small_real_text_qa")
 OUT = Path("reports/small-real")
@@ -252,12 +250,7 @@ def main() -> None:
         llm, tokenizer, template = load_llm(p, args.source)
     entry["text"] = score(llm, tokenizer, template, questions(p, PER_CATEGORY))
     log.info("%s: %s", name, entry)
-    path = OUT / "text_qa.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results[name] = entry
-    # the entry first: a run is not lost to a report that fails to render
-    atomic_write_json(OUT / "text_qa.json", results)
-    write_report(OUT / "text_qa", results, render(results))
+    add_row(OUT / "text_qa", name, entry, render)
 
 
 if __name__ == "__main__":
