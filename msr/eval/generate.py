@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from msr.data.templates import Template
 from msr.data.tokenize import IMAGE_TOKEN_INDEX, tokenize_with_image
@@ -126,6 +127,19 @@ class Generator:
     @torch.no_grad()
     def generate(self, questions: Sequence[Question]) -> list[str]:
         """One left-padded batch, greedy."""
+        new = self.m.generate(
+            *self.inputs(questions),
+            max_new_tokens=self.args.max_new_tokens,
+            do_sample=self.args.do_sample,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.pad_id,
+        )
+        return [self.decode(row.tolist()) for row in new]
+
+    @torch.no_grad()
+    def inputs(self, questions: Sequence[Question]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """The prompts of one batch, left-padded so that each ends where its answer begins:
+        (B, T) input ids, (B, T) attention mask, (B, T) image positions, (I, N, d) features."""
         model, tok = self.m, self.m.tokenizer
         M = model.num_image_tokens
         rows: list[list[int]] = []
@@ -156,17 +170,7 @@ class Generator:
             assert model.vision is not None
             pixels = torch.stack([prepare(im, model.vision.spec) for im in images])  # uint8
             features = model.encode_images(pixels)  # (I, N, d)
-        new = model.generate(
-            input_ids.to(device),
-            attention.to(device),
-            image_mask.to(device),
-            features,
-            max_new_tokens=self.args.max_new_tokens,
-            do_sample=self.args.do_sample,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id,
-        )
-        return [self.decode(row.tolist()) for row in new]
+        return input_ids.to(device), attention.to(device), image_mask.to(device), features
 
     def decode(self, ids: list[int]) -> str:
         for n, t in enumerate(ids):
