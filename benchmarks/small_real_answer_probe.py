@@ -12,7 +12,9 @@ suffix, the model's template), read at the position where the answer begins:
     and its accuracy with the threshold fitted on the train scenes (the model's own ranking, its
     bias refitted);
   - held: a logistic probe on the LLM's hidden state at that position, per layer (h0: the input
-    embedding), fitted on the train scenes, scored on the test scenes;
+    embedding), fitted on the train scenes, scored on the test scenes; and the same with each
+    question asked of another scene's image (what the question alone tells: the spatial set mixes
+    yes/no and left/right questions, whose answers lean differently);
   - passed (existence): whether each palette colour is on a shape, from the mean and the max of
     the projector's M tokens (one logistic probe per colour; what the LLM is given).
 
@@ -78,7 +80,7 @@ def as_question(i: int, scene: Scene, qa: QA) -> Question:
 @torch.no_grad()
 def read(model: MLLM, rows: list[tuple[Scene, QA]]) -> dict[str, Tensor]:
     """At the answer's position, for each question: "hidden" (n, L+1, c) every layer's state,
-    "margin" (n,) logit(first choice) − logit(second), "first" (n,) whether the greedy token is
+    "hidden_other" the same with the next question's image, "margin" (n,) logit(first choice) − logit(second), "first" (n,) whether the greedy token is
     the first choice's, "second" likewise; "pooled" (n, 2c) mean and max of the projected tokens."""
     generator = Generator(model, GenerationArgs(max_new_tokens=1))
     tok = model.tokenizer
@@ -87,21 +89,23 @@ def read(model: MLLM, rows: list[tuple[Scene, QA]]) -> dict[str, Tensor]:
         return int(tok(display(answer), add_special_tokens=False).input_ids[0])
 
     out: dict[str, list[Tensor]] = {
-        k: [] for k in ("hidden", "margin", "first", "second", "pooled")
+        k: [] for k in ("hidden", "hidden_other", "margin", "first", "second", "pooled")
     }
     for start in range(0, len(rows), BATCH):
         chunk = rows[start : start + BATCH]
         qs = [as_question(start + i, s, qa) for i, (s, qa) in enumerate(chunk)]
         ids, attention, image, features = generator.inputs(qs)
         assert features is not None
-        embeds = model.embed(ids, image, features)  # (B, T, c)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)  # left padding, as generate() counts
-        o = model.llm(
-            inputs_embeds=embeds,
-            attention_mask=attention,
-            position_ids=positions,
-            output_hidden_states=True,
-            use_cache=False,
+        o, other = (  # the question asked of its own image, and of the next question's
+            model.llm(
+                inputs_embeds=model.embed(ids, image, f),  # (B, T, c)
+                attention_mask=attention,
+                position_ids=positions,
+                output_hidden_states=True,
+                use_cache=False,
+            )
+            for f in (features, features.roll(1, 0))
         )
         logits = o.logits[:, -1].float()  # (B, V)
         a = torch.tensor([first_token(qa.choices[0]) for _, qa in chunk])
@@ -109,6 +113,7 @@ def read(model: MLLM, rows: list[tuple[Scene, QA]]) -> dict[str, Tensor]:
         rows_b = torch.arange(len(chunk))
         greedy = logits.argmax(-1)
         out["hidden"].append(torch.stack(o.hidden_states, 1)[:, :, -1].float())  # (B, L+1, c)
+        out["hidden_other"].append(torch.stack(other.hidden_states, 1)[:, :, -1].float())
         out["margin"].append(logits[rows_b, a] - logits[rows_b, b])
         out["first"].append(greedy == a)
         out["second"].append(greedy == b)
@@ -162,23 +167,26 @@ def measure(model: MLLM, p: Params, category: str, n_train: int, n_test: int) ->
         for (_, qa), f, s in zip(test, t["first"].tolist(), t["second"].tolist(), strict=True)
     )
     label = {k: [str(bool(g)) for g in v.tolist()] for k, v in gold.items()}
-    layers = {
-        f"h{i}": round(
-            probe(r["train"]["hidden"][:, i], label["train"], t["hidden"][:, i], label["test"]), 1
-        )
-        for i in range(t["hidden"].shape[1])
-    }
+
+    def held(key: str) -> dict[str, float]:
+        x, xt = r["train"][key], t[key]  # (n, L+1, c)
+        return {
+            f"h{i}": round(probe(x[:, i], label["train"], xt[:, i], label["test"]), 1)
+            for i in range(xt.shape[1])
+        }
+
     entry: dict[str, Any] = {
         "category": category,
         "train": n_train,
         "test": n_test,
-        "majority": round(100 * Counter(golds).most_common(1)[0][1] / len(golds), 1),
+        "majority": round(100 * Counter(label["test"]).most_common(1)[0][1] / len(golds), 1),
         "gold": dict(Counter(golds)),
         "answered": round(float(answered) * 100, 1),
         "answers": dict(given),
         "auc": round(auc(t["margin"], gold["test"]), 1),
         "refit": round(refit(r["train"]["margin"], gold["train"], t["margin"], gold["test"]), 1),
-        "layers": layers,
+        "layers": held("hidden"),
+        "layers_other_image": held("hidden_other"),
     }
     if category == "existence":
         entry["passed"] = colours_passed(p, train, test, r["train"]["pooled"], t["pooled"])
@@ -190,32 +198,39 @@ def render_md(results: dict[str, Any]) -> str:
         "# small-real: does the model hold the answer it does not give?",
         "",
         "Fresh scenes, one two-answer question each, asked as evaluation asks it; read at the",
-        "position where the answer begins. *answered*: the greedy first token is the gold's.",
+        "position where the answer begins. *majority*: the commoner of the two answers (first",
+        "choice: yes/left, second: no/right). *answered*: the greedy first token is the gold's.",
         "*AUC*: of the margin logit(first choice) − logit(second) on the test scenes. *refit*: that",
         "margin's accuracy with its threshold fitted on the train scenes. *held*: a logistic probe",
-        "on the LLM's hidden state there (best layer; last layer), fitted on the train scenes.",
-        "*passed*: per-colour presence from the mean and max of the projector's tokens (mean over",
-        "the palette; its chance in brackets). Accuracies in percent on the test scenes.",
+        "on the LLM's hidden state there, fitted on the train scenes (best layer; last layer);",
+        "*another image*: the same with each question asked of another scene's image (what the",
+        "question alone tells). *passed*: per-colour presence from the mean and max of the",
+        "projector's tokens (mean over the palette; its chance in brackets). Accuracies in percent",
+        "on the test scenes.",
         "",
         "| model | category | train / test | majority | answered (answers) | AUC | refit "
-        "| held: best layer | held: last layer | passed |",
-        "| :--- | :--- | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: |",
+        "| held: best layer | held: last layer | another image: best layer | passed |",
+        "| :--- | :--- | ---: | ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+
+    def best(layers: dict[str, float]) -> str:
+        top = max(layers, key=lambda k: layers[k])
+        return f"{layers[top]:.1f} ({top})"
+
     for r in results.values():
-        layers = r["layers"]
-        best = max(layers, key=lambda k: layers[k])
-        last = list(layers)[-1]
+        layers, other = r["layers"], r["layers_other_image"]
         spread = ", ".join(f'"{a}" {n}' for a, n in r["answers"].items())
         passed = r.get("passed")
         cell = f"{passed['probe']:.1f} ({passed['chance']:.1f})" if passed else "—"
         lines.append(
             f"| {r['model']} | {r['category']} | {r['train']} / {r['test']} | {r['majority']:.1f} "
             f"| {r['answered']:.1f} ({spread}) | {r['auc']:.1f} | {r['refit']:.1f} "
-            f"| {layers[best]:.1f} ({best}) | {layers[last]:.1f} | {cell} |"
+            f"| {best(layers)} | {list(layers.values())[-1]:.1f} | {best(other)} | {cell} |"
         )
-    lines += ["", "The probe on the hidden state, every layer:", ""]
+    lines += ["", "The probe on the hidden state, every layer (own image / another image):", ""]
     for name, r in results.items():
-        lines.append(f"- {name}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["layers"].items()))
+        own, other = r["layers"], r["layers_other_image"]
+        lines.append(f"- {name}: " + ", ".join(f"{k} {own[k]:.0f}/{other[k]:.0f}" for k in own))
     return "\n".join(lines) + "\n"
 
 

@@ -13,16 +13,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from small_real_answer_probe import as_question, auc, questions, refit
 
-from msr.config import load_params
+from msr.config import Params, load_params
 from msr.data.synth.eval_sets import SHORT
 from msr.presets import preset_path
 
 
 def test_existence_questions_are_true_of_their_scene_and_the_splits_differ() -> None:
     p = load_params(preset_path("small-real"))
-    train = questions(p, "existence", 60, "train")
-    test = questions(p, "existence", 60, "test")
-    assert questions(p, "existence", 60, "train") == train  # the same scenes every run
+    train = questions(p, "existence", 40, "train")
+    test = questions(p, "existence", 40, "test")
+    assert questions(p, "existence", 40, "train") == train  # the same scenes every run
     assert [(s.background, s.shapes) for s, _ in train] != [
         (s.background, s.shapes) for s, _ in test
     ]
@@ -58,3 +58,31 @@ def test_auc_reads_the_ranking_and_refit_removes_a_bias() -> None:
     noise = torch.randn(100, generator=torch.Generator().manual_seed(0))
     assert refit(noise, y, noise.flip(0), y) < 75.0
     assert math.isnan(auc(score, torch.ones(100, dtype=torch.bool)))  # one class: undefined
+
+
+def test_measure_reads_every_layer_on_tiny_models(tiny_workspace: Params) -> None:
+    from small_real_answer_probe import measure, render_md
+    from transformers import AutoConfig
+
+    from msr.models.llm import load_causal_lm, load_template, load_tokenizer
+    from msr.models.mllm import MLLM
+    from msr.train.loop import build_projector_for
+    from stages.features import tower_of
+
+    p, m = tiny_workspace, tiny_workspace.llm
+    tower = tower_of(p)
+    tokenizer = load_tokenizer(m.model)
+    llm = load_causal_lm(m.model, dtype="fp32")
+    layers = AutoConfig.from_pretrained(m.model).num_hidden_layers
+    projector, _ = build_projector_for(p, tower.embed_dim, llm.config.hidden_size, tower.grid)
+    template = load_template(m.template, tokenizer, m.model, m.system)
+    model = MLLM(llm, projector, tower, tokenizer=tokenizer, template=template).eval()
+    r = measure(model, p, "existence", 24, 16)
+    assert (
+        list(r["layers"]) == list(r["layers_other_image"]) == [f"h{i}" for i in range(layers + 1)]
+    )
+    assert sum(r["gold"].values()) == sum(r["answers"].values()) == 16
+    assert 50 <= r["majority"] <= 100 and 0 <= r["auc"] <= 100 and 0 <= r["refit"] <= 100
+    assert r["answered"] <= 100 * (16 - r["answers"].get("other", 0)) / 16  # a choice, or wrong
+    assert 0 <= r["passed"]["probe"] <= 100 and 50 <= r["passed"]["chance"] <= 100
+    assert "| tiny | existence | 24 / 16 |" in render_md({"tiny": {"model": "tiny", **r}})
