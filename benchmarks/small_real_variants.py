@@ -282,6 +282,22 @@ def run(name: str, until: str, results: dict[str, dict[str, Any]]) -> dict[str, 
     return out
 
 
+def merge(old: dict[str, Any] | None, entry: dict[str, Any], name: str) -> dict[str, Any]:
+    """A variant's row after a run: `entry`'s numbers over `old`'s, stage by stage, so that
+    rerunning stage 1 alone (`--until pretrain`, e.g. to share it with another variant) keeps the
+    row's stage-2 loss and answers instead of wiping them."""
+    base = {"overrides": VARIANTS[name], "seconds": {}, "loss": {}, "categories": {}}
+    row = {**base, **(old or {})}
+    for key, value in entry.items():
+        if key in ("seconds", "loss"):
+            row[key] = {**row.get(key, {}), **value}
+        elif key == "categories" and not value:
+            continue  # a run that stopped before evaluation has no answers to replace
+        else:
+            row[key] = value
+    return row
+
+
 def _loss(result: dict[str, Any], stage: str) -> str:
     loss = result.get("loss", {}).get(stage)
     return "–" if loss is None else f"{loss:.3f}"
@@ -436,8 +452,7 @@ def main() -> None:
             entry = run(name, args.until, so_far)
         # read again just before writing: variants run side by side add their own rows
         results = json.loads(path.read_text()) if path.exists() else {}
-        base = {"overrides": VARIANTS[name], "seconds": {}, "loss": {}, "categories": {}}
-        results[name] = {**results.get(name, base), **entry}
+        results[name] = merge(results.get(name), entry, name)
         # the entry first: a run is not lost to a report that fails to render
         atomic_write_json(OUT / "variants.json", results)
         write_report(OUT / "variants", results, render(results))

@@ -12,6 +12,7 @@ from small_real_variants import (
     STAGE2_DATA,
     VARIANTS,
     _trained_stage1,
+    merge,
     stage1_owner,
     variant_params,
 )
@@ -91,3 +92,36 @@ def test_the_stage2_data_params_change_no_image_and_no_caption(tmp_path: Path) -
         assert images, key
         for rel in images:  # an instruct scene with no question asked is not written
             assert (out / rel).read_bytes() == (base / rel).read_bytes(), (key, rel)
+
+
+def test_rerunning_stage1_alone_keeps_the_rows_stage2_numbers() -> None:
+    name = "fp32_pre_e3_resampler"
+    finished = {
+        "overrides": VARIANTS[name],
+        "seconds": {"pretrain": 2100.0, "finetune": 3600.0, "eval": 400.0},
+        "loss": {"pretrain": 0.451, "finetune": 0.543},
+        "categories": {"synth_gqa": {"global": {"accuracy": 82.0}}},
+        "eval_synth": "data/small-real/synth",
+    }
+    stage1 = {
+        "overrides": VARIANTS[name],
+        "seconds": {"features": 900.0, "pretrain": 2050.0},
+        "loss": {"pretrain": 0.452},
+        "categories": {},
+        "stage1_words": {"object colour": 60.0},
+    }
+    row = merge(finished, stage1, name)
+    assert row["categories"] == finished["categories"]
+    assert row["loss"] == {"pretrain": 0.452, "finetune": 0.543}
+    assert row["seconds"] == {
+        "pretrain": 2050.0,
+        "finetune": 3600.0,
+        "eval": 400.0,
+        "features": 900.0,
+    }
+    assert row["stage1_words"] == {"object colour": 60.0}
+    assert row["eval_synth"] == "data/small-real/synth"
+    # a full run replaces the answers; a first run starts from an empty row
+    again = merge(row, {**stage1, "categories": {"synth_gqa": {}}}, name)
+    assert again["categories"] == {"synth_gqa": {}}
+    assert merge(None, stage1, name)["categories"] == {}
