@@ -1,6 +1,6 @@
 """Does a trained small-real model hold the answer it does not give? Every small-real model answers
 one word to every existence question ("yes" to 45 of 50 with one stage-2 seed, "no" to all 50 with
-another) and "right" to every which-side question (README, small-real). A model that always gives
+another) and "right" to every which-side question (docs/small-real.md). A model that always gives
 one answer may still rank the questions right and lose them to a bias, or may not compute the
 answer at all. For fresh scenes (their own seed stream: not the training's nor the evaluation's),
 one two-answer question each, asked exactly as evaluation asks it (image, question, short-answer

@@ -1,5 +1,5 @@
 """Can the LLM read an answer off the options? Every small-real model answers one letter to every
-MMBench question (0 % circular; README, small-real). This separates the image from the LLM: text
+MMBench question (0 % circular; docs/small-real.md). This separates the image from the LLM: text
 only, no image, each synth MMBench prompt exactly as evaluation builds it (hint, question, options,
 letter suffix) with a first line that states the answer:
 

@@ -1,6 +1,6 @@
 """Can the LLM answer the short questions when it is told the scene in words? Every small-real
 model answers one word to every existence question ("yes" to 45 of 50 with one seed, "no" to all
-50 with another; README, small-real). This separates the image from the LLM: text only, no image,
+50 with another; docs/small-real.md). This separates the image from the LLM: text only, no image,
 fresh scenes, each question of a category a caption answers exactly as evaluation asks it, after a
 line that describes the whole scene as the stage-1 captions do:
 
