@@ -181,6 +181,27 @@ def test_answers_follow_from_the_scene() -> None:
         assert img.size == (336, 336) and img.getpixel((0, 0)) is not None
 
 
+def test_a_category_listed_three_times_is_asked_about_more_often(tmp_path: Path) -> None:
+    from msr.data.synth.generate import _instruct_record
+
+    base = tiny_params(tmp_path).data.synth
+    spec = SceneSpec(tuple(base.kinds), tuple(base.colors), tuple(base.backgrounds), 3, 0, 0.0)
+    scenes = [sample_scene(random.Random(i), spec, f"s{i}") for i in range(400)]
+    once = ["global", "local_attribute", "existence", "counting"]
+    thrice = ["global", "local_attribute", "existence", "existence", "existence", "counting"]
+    counts = []
+    for categories in (once, thrice):
+        cfg = base.model_copy(update={"categories": categories, "turns": (1, 2)})
+        rng, tally = random.Random(0), Counter[str]()
+        for n, scene in enumerate(scenes):
+            _instruct_record(rng, scene, n, cfg, tally)
+        counts.append(tally)
+    # listed three times, existence is drawn first or second far more often: about twice as many
+    # existence turns (no question twice in a record), fewer of every other category
+    assert counts[1]["existence"] > 1.3 * counts[0]["existence"]
+    assert counts[1]["global"] < counts[0]["global"]
+
+
 def test_unknown_category_rejected() -> None:
     with pytest.raises(ValueError, match="unknown category 'ocr'"):
         QA("q", "a", "ocr")
