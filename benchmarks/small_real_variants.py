@@ -292,18 +292,19 @@ def run(name: str, until: str, results: dict[str, dict[str, Any]]) -> dict[str, 
 
 
 def merge(old: dict[str, Any] | None, entry: dict[str, Any], name: str) -> dict[str, Any]:
-    """A variant's row after a run: `entry`'s numbers over `old`'s, stage by stage, so that
-    rerunning stage 1 alone (`--until pretrain`, e.g. to share it with another variant) keeps the
-    row's stage-2 loss and answers instead of wiping them."""
+    """A variant's row after a run. A full run replaces the row. A run that stopped before
+    evaluation (`--until pretrain`, e.g. stage 1 retrained on a fresh machine to share it with
+    another variant) only adds what the row lacks: a finished row's loss, times and answers come
+    from one run, and a rerun's feature cache hit (0 s) or slower stage 1 would misstate them."""
     base = {"overrides": VARIANTS[name], "seconds": {}, "loss": {}, "categories": {}}
     row = {**base, **(old or {})}
+    if entry.get("categories") or not row["categories"]:
+        return {**row, **entry}
     for key, value in entry.items():
-        if key in ("seconds", "loss"):
-            row[key] = {**row.get(key, {}), **value}
-        elif key == "categories" and not value:
-            continue  # a run that stopped before evaluation has no answers to replace
+        if isinstance(value, dict) and key != "categories":
+            row[key] = {**value, **row.get(key, {})}
         else:
-            row[key] = value
+            row.setdefault(key, value)
     return row
 
 

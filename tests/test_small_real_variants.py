@@ -112,16 +112,17 @@ def test_rerunning_stage1_alone_keeps_the_rows_stage2_numbers() -> None:
     }
     row = merge(finished, stage1, name)
     assert row["categories"] == finished["categories"]
-    assert row["loss"] == {"pretrain": 0.452, "finetune": 0.543}
+    # the finished run's own numbers stay (one run's); what it lacked is added
+    assert row["loss"] == {"pretrain": 0.451, "finetune": 0.543}
     assert row["seconds"] == {
-        "pretrain": 2050.0,
+        "pretrain": 2100.0,
         "finetune": 3600.0,
         "eval": 400.0,
         "features": 900.0,
     }
     assert row["stage1_words"] == {"object colour": 60.0}
     assert row["eval_synth"] == "data/small-real/synth"
-    # a full run replaces the answers; a first run starts from an empty row
+    # a full run replaces the row; a first run starts from an empty one
     again = merge(row, {**stage1, "categories": {"synth_gqa": {}}}, name)
-    assert again["categories"] == {"synth_gqa": {}}
+    assert again["categories"] == {"synth_gqa": {}} and again["loss"] == {"pretrain": 0.452}
     assert merge(None, stage1, name)["categories"] == {}
