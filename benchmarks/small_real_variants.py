@@ -114,9 +114,9 @@ VARIANTS: dict[str, list[str]] = {
     # skills taught on words do not carry to the image (text_mc, text_qa probe): checking the image
     # for a colour has to be learned from image turns; two epochs of them instead of one
     "fp32_pre_e3_ft_e2": [*FP32, "pretrain.epochs=3.0", "finetune.epochs=2.0"],
-    # the same at the same cost: existence and spatial listed three times, so a record asks them
-    # about three times as often as another category (existence 1,775 turns instead of ~950,
-    # spatial ~860 instead of ~500; the others ~25 % fewer), in the same 196 steps
+    # the same at the same cost: existence and spatial listed three times, so a record draws them
+    # more often (measured: existence 1,701 turns instead of 962, spatial 818 instead of 500, the
+    # others 28–41 % fewer), in the same 196 steps
     "fp32_pre_e3_readout3x": [
         *FP32,
         "pretrain.epochs=3.0",

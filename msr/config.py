@@ -52,7 +52,8 @@ class Synth(Section):
     text_qa: int = Field(0, ge=0)
     eval_images: int = Field(gt=0)  # scenes per evaluation set
     turns: tuple[int, int] = (1, 3)  # question turns per instruct record (min, max)
-    # what instruct records ask about; a category listed n times is drawn n times as often
+    # what instruct records ask about; each listing is one entry of the shuffle a record
+    # draws its turns from, so a category listed n times is asked more often
     categories: list[Category] = Field(min_length=1)
     kinds: list[Literal["circle", "square", "triangle", "star"]] = Field(min_length=1)
     colors: list[str] = Field(min_length=2)
