@@ -5,15 +5,16 @@ baseline, and the stage times).
     python benchmarks/small_real_variants.py baseline resampler avgpool ...   # names from VARIANTS
     python benchmarks/small_real_variants.py --until pretrain v1_pre_lr3e-3   # stage 1 only
 
-Stage 1 sees each caption once, so its last training loss is a held-out caption loss: a cheap
-first measure of how much of the scene the projector passes to the frozen LLM (`--until pretrain`).
+In one epoch stage 1 sees each caption once, so its last training loss is a held-out caption loss:
+a cheap first measure of how much of the scene the projector passes to the frozen LLM (`--until pretrain`).
 A sharper one is recorded beside it: the teacher-forced accuracy of the caption's words (size,
 object colour, shape kind, background) on fresh scenes, with each scene's own image and with another
 one's (benchmarks/small_real_probe.py). `--words NAMES` records it for stage-1 projectors already
 trained.
 
-Each variant is a list of `--set` overrides of the small-real preset (v2); the first recipe (v1)
-and the stage-1 search that led to v2 are variants too. A variant's checkpoints and answers go to
+Each variant is a list of `--set` overrides of the small-real preset (v3: stage 1 for three
+epochs); the earlier recipes (v1; v2, one stage-1 epoch) and the stage-1 search that led to v2 are
+variants too, their overrides restated against v3. A variant's checkpoints and answers go to
 data/small-real/variants/<name>/. It shares the preset's feature cache and, if it changes nothing
 before stage 2, the preset's stage-1 projector; a variant that changes only the instruct questions
 (STAGE2_DATA: the images and captions stay the same) starts from the stage 1 of the first variant
@@ -45,35 +46,42 @@ from stages import features, synth
 log = logging.getLogger("small_real_variants")
 OUT = Path("reports/small-real")
 EVAL_SETS = "[synth_gqa, synth_mmbench]"  # the sets with per-category questions
-# The first recipe (v1): features before DINOv2's final LayerNorm, stage 1 at lr 1e-3.
-V1 = ["vision.final_norm=false", "pretrain.lr=1.0e-3"]
+# The second recipe (v2): stage 1 for one epoch of the captions.
+V2 = ["pretrain.epochs=1.0"]
+# The first recipe (v1): v2 with features before DINOv2's final LayerNorm and stage 1 at lr 1e-3.
+V1 = ["vision.final_norm=false", "pretrain.lr=1.0e-3", *V2]
 VARIANTS: dict[str, list[str]] = {
-    # the preset (v2): MS-Resampler M = 36, default options, layer −2 through the final LayerNorm,
-    # stage 1 at lr 1e-2
+    # the preset (v3): MS-Resampler M = 36, default options, layer −2 through the final LayerNorm,
+    # stage 1 at lr 1e-2 for three epochs
     "baseline": [],
     "resampler": ["projector.name=resampler"],
     "avgpool": ["projector.name=avgpool"],
     "m144": ["projector.num_queries=144"],
+    "projector_lr": ["finetune.projector_lr=1.0e-3"],  # LLaVA's mm_projector_lr in stage 2
+    "pre_x4": ["data.synth.pretrain_images=8000"],  # 4× the stage-1 captions
+    # the v3 stage 1 with the best stage-2 data measured on v2's: 2–4 question turns per image
+    "pre_e3_turns24": ["data.synth.turns=[2, 4]"],
+    # v2 and its variants (one stage-1 epoch)
+    "v2": V2,
+    "v2_avgpool": [*V2, "projector.name=avgpool"],
     # scopes that stay local: at β = 4 the k = 2 branch puts only ~28 % of its attention inside its
     # window (README, Pictures); at β = 16 an outside patch weighs e⁻¹⁶ of an inside one
-    "beta16": ["projector.options.ms_resampler.beta=16.0"],
-    "projector_lr": ["finetune.projector_lr=1.0e-3"],  # LLaVA's mm_projector_lr in stage 2
-    "ft_lr3e-4": ["finetune.lr=3.0e-4"],  # stage 2 learns faster: 196 steps are few
-    "pre_x4": ["data.synth.pretrain_images=8000"],  # 4× the stage-1 captions
+    "beta16": [*V2, "projector.options.ms_resampler.beta=16.0"],
+    "ft_lr3e-4": [*V2, "finetune.lr=3.0e-4"],  # stage 2 learns faster: 196 steps are few
     # more questions per image: 2–4 turns (the tiny preset's) instead of 1–2
-    "turns24": ["data.synth.turns=[2, 4]"],
+    "turns24": [*V2, "data.synth.turns=[2, 4]"],
     # v1 and how v2 was found: stage 1 was underfit (caption loss still falling at 3.9 after 125
     # steps); the stage-1 loss (held out: each caption is seen once) of each change
     "v1": V1,
     "v1_resampler": [*V1, "projector.name=resampler"],
     "v1_avgpool": [*V1, "projector.name=avgpool"],
-    "v1_pre_lr3e-3": ["vision.final_norm=false", "pretrain.lr=3.0e-3"],
-    "v1_pre_lr1e-2": ["vision.final_norm=false", "pretrain.lr=1.0e-2"],
-    "v1_pre_lr3e-2": ["vision.final_norm=false", "pretrain.lr=3.0e-2"],
-    "v1_final_norm_pre_lr3e-3": ["vision.final_norm=true", "pretrain.lr=3.0e-3"],
+    "v1_pre_lr3e-3": ["vision.final_norm=false", "pretrain.lr=3.0e-3", *V2],
+    "v1_pre_lr1e-2": ["vision.final_norm=false", "pretrain.lr=1.0e-2", *V2],
+    "v1_pre_lr3e-2": ["vision.final_norm=false", "pretrain.lr=3.0e-2", *V2],
+    "v1_final_norm_pre_lr3e-3": ["vision.final_norm=true", "pretrain.lr=3.0e-3", *V2],
     # on a CPU without native bf16 (where bf16 is emulated, 5-30x slower): the preset in fp32, and
     # stage 1 for three epochs of the captions instead of one (its loss still falls at step 125)
-    "fp32": [*FP32],
+    "fp32": [*FP32, *V2],
     "fp32_pre_e3": [*FP32, "pretrain.epochs=3.0"],
     "fp32_pre_e3_resampler": [*FP32, "pretrain.epochs=3.0", "projector.name=resampler"],
     "fp32_pre_e3_avgpool": [*FP32, "pretrain.epochs=3.0", "projector.name=avgpool"],
@@ -92,10 +100,6 @@ VARIANTS: dict[str, list[str]] = {
         "projector.options.ms_resampler.num_heads=8",
     ],
     "fp32_pre_e3_m144": [*FP32, "pretrain.epochs=3.0", "projector.num_queries=144"],
-    # next, in the preset's bf16 (a CPU with native bf16, or a GPU): the three-epoch stage 1 end to
-    # end, alone and with the best stage-2 data measured (`turns24`)
-    "pre_e3": ["pretrain.epochs=3.0"],
-    "pre_e3_turns24": ["pretrain.epochs=3.0", "data.synth.turns=[2, 4]"],
     # the model answers "B" to every MMBench question: it has not learnt to read an answer off the
     # options (1,074 of 4,686 training turns are multiple choice); half the turns as multiple choice
     "fp32_pre_e3_mc50": [*FP32, "pretrain.epochs=3.0", "data.synth.mc_prob=0.5"],
@@ -353,10 +357,11 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "Same data, same seeds; each variant changes only the listed params of the `small-real`",
         "preset.",
         "",
-        "Loss: the last logged training loss of each stage. Stage 1 sees each caption once (unless",
-        "`pretrain.epochs` > 1), so its loss is a held-out caption loss (lower: the projector passes",
-        "more of the scene). Seconds compare only between variants that ran alone on the machine;",
-        "`fp32` variants ran in fp32 on a CPU without native bf16, the others in the preset's bf16.",
+        "Loss: the last logged training loss of each stage. With `pretrain.epochs=1.0` stage 1",
+        "sees each caption once, so its loss is a held-out caption loss (lower: the projector passes",
+        "more of the scene); in three epochs it is the loss of captions seen twice before. Seconds",
+        "compare only between variants that ran alone on the same machine; `fp32` variants ran in",
+        "fp32 on a CPU without native bf16, the others in the preset's bf16 on a CPU with it.",
         "",
         "| variant | overrides | seconds per stage | stage-1 loss | stage-2 loss |",
         "| :--- | :--- | :--- | ---: | ---: |",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from small_real_variants import (
+    OUT,
     STAGE2_DATA,
     VARIANTS,
     _trained_stage1,
@@ -61,7 +63,8 @@ def test_a_variant_of_the_instruct_questions_shares_its_bases_stage1() -> None:
     assert mc.paths.pretrain == variant_params("fp32_pre_e3").paths.pretrain
     assert mc.paths.synth == "data/small-real/variants/synth-mc_prob-0.5"
     assert mc.data.synth.mc_prob == pytest.approx(0.5)
-    assert stage1_owner("turns24") is None  # the preset's stage 1
+    assert stage1_owner("pre_e3_turns24") is None  # the preset's stage 1
+    assert stage1_owner("turns24") == "v2"  # v2's: one stage-1 epoch
     assert stage1_owner("fp32_pre_e3_heads8") == "fp32_pre_e3_heads8"  # its own
     # scored on the preset's evaluation sets, trained on its own instruct data
     scored = variant_params("fp32_pre_e3_mc50", eval_synth="data/small-real/synth")
@@ -126,3 +129,16 @@ def test_rerunning_stage1_alone_keeps_the_rows_stage2_numbers() -> None:
     again = merge(row, {**stage1, "categories": {"synth_gqa": {}}}, name)
     assert again["categories"] == {"synth_gqa": {}} and again["loss"] == {"pretrain": 0.452}
     assert merge(None, stage1, name)["categories"] == {}
+
+
+def test_every_reported_variant_states_its_overrides_against_the_current_preset() -> None:
+    """A row's overrides are what the variant changes in today's preset: when the preset moves on
+    (v2 → v3: three stage-1 epochs), the rows measured on the old one name what set them back."""
+    rows = json.loads((Path(__file__).resolve().parents[1] / OUT / "variants.json").read_text())
+    assert rows
+    for name, row in rows.items():
+        if name in VARIANTS:
+            assert row["overrides"] == VARIANTS[name], name
+    assert rows["v2"]["overrides"] == ["pretrain.epochs=1.0"]
+    assert variant_params("v2").pretrain.epochs == 1.0
+    assert variant_params("baseline").pretrain.epochs == 3.0
