@@ -81,8 +81,8 @@ VARIANTS: dict[str, list[str]] = {
     "v1_pre_lr1e-2": ["vision.final_norm=false", "pretrain.lr=1.0e-2", *V2],
     "v1_pre_lr3e-2": ["vision.final_norm=false", "pretrain.lr=3.0e-2", *V2],
     "v1_final_norm_pre_lr3e-3": ["vision.final_norm=true", "pretrain.lr=3.0e-3", *V2],
-    # on a CPU without native bf16 (where bf16 is emulated, 5-30x slower): the preset in fp32, and
-    # stage 1 for three epochs of the captions instead of one (its loss still falls at step 125)
+    # on a CPU without native bf16 (where bf16 is emulated, 5-30x slower): v2 in fp32, and stage 1
+    # for three epochs of the captions instead of one (its loss still falls at step 125)
     "fp32": [*FP32, *V2],
     "fp32_pre_e3": [*FP32, "pretrain.epochs=3.0"],
     "fp32_pre_e3_resampler": [*FP32, "pretrain.epochs=3.0", "projector.name=resampler"],
