@@ -5,8 +5,9 @@ baseline, and the stage times).
     python benchmarks/small_real_variants.py baseline resampler avgpool ...   # names from VARIANTS
     python benchmarks/small_real_variants.py --until pretrain v1_pre_lr3e-3   # stage 1 only
 
-In one epoch stage 1 sees each caption once, so its last training loss is a held-out caption loss:
-a cheap first measure of how much of the scene the projector passes to the frozen LLM (`--until pretrain`).
+In one epoch stage 1 sees each caption once, so its last training loss is a held-out caption
+loss: a cheap first measure of how much of the scene the projector passes to the frozen LLM
+(`--until pretrain`).
 A sharper one is recorded beside it: the teacher-forced accuracy of the caption's words (size,
 object colour, shape kind, background) on fresh scenes, with each scene's own image and with another
 one's (benchmarks/small_real_probe.py). `--words NAMES` records it for stage-1 projectors already
