@@ -102,6 +102,9 @@ def _run(
             "answers": answer_spread(scored.values(), (q.gold for q in questions)),
         }
         log.info("%s: %s", name, {k: round(v, 2) for k, v in results[name]["metrics"].items()})
+    memo = generator.memo
+    log.info("eval: %d distinct images encoded for %d image questions (rank %d)", memo.misses,
+             memo.hits + memo.misses, rank)  # fmt: skip
     if rank != 0:
         return None
     summary = summarize(results, params, loaded.fingerprint)

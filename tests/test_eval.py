@@ -18,7 +18,7 @@ from msr.eval.answers import (
     write_answers,
 )
 from msr.eval.benchmarks import make_benchmark
-from msr.eval.generate import GenerationArgs, Generator, ResponseCache
+from msr.eval.generate import FeatureMemo, GenerationArgs, Generator, ResponseCache
 from msr.models.mllm import MLLM
 from msr.train.loop import train
 from stages import eval as eval_stage
@@ -65,6 +65,30 @@ def test_batched_equals_batch_of_one(trained: Params, loaded: MLLM, name: str) -
     assert len({len(q.text) for q in qs}) > 1  # prompts of different lengths: padding matters
     gen = Generator(loaded, GenerationArgs(max_new_tokens=8))
     assert gen.answer(qs, batch_size=5) == gen.answer(qs, batch_size=1)
+
+
+def test_each_distinct_image_is_encoded_once(
+    trained: Params, loaded: MLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    qs = make_benchmark("synth_pope", None, trained.paths.synth).questions()[:24]
+    distinct = {q.image.digest() for q in qs if q.image is not None}
+    assert len(distinct) < len(qs)  # POPE asks several questions of each image
+    lone = [Generator(loaded, GenerationArgs(max_new_tokens=4)).answer([q], 1)[0] for q in qs]
+    encoded: list[int] = []
+    original = MLLM.encode_images
+
+    def counting(self: MLLM, pixels):  # type: ignore[no-untyped-def]
+        encoded.append(len(pixels))
+        return original(self, pixels)
+
+    monkeypatch.setattr(MLLM, "encode_images", counting)
+    gen = Generator(loaded, GenerationArgs(max_new_tokens=4))
+    assert gen.answer(qs, batch_size=5) == lone  # features from the memo answer alike
+    assert sum(encoded) == len(distinct) == gen.memo.misses
+    assert gen.memo.hits == len(qs) - len(distinct)
+    tight = Generator(loaded, GenerationArgs(max_new_tokens=4), memo=FeatureMemo(max_bytes=0))
+    assert tight.answer(qs, batch_size=5) == lone  # a memo of one entry: re-encodes, same answers
+    assert len(tight.memo.entries) == 1
 
 
 def test_cache_generates_only_what_is_new(

@@ -4,6 +4,8 @@ Prompts are built with the model's conversation template and LLaVA's evaluation 
 placeholder expanded to the projector's M positions, and left-padded into batches; generation runs
 on `inputs_embeds` with the KV cache. Responses are cached by (model fingerprint, image content,
 full prompt, generation arguments), so a rerun or an added benchmark generates only what is new.
+Each distinct image is encoded once per run (POPE asks six questions of an image, MMBench's circular
+copies four): its features are kept, up to a memory bound, by content hash.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,15 +85,42 @@ class ResponseCache:
         self.entries.update(items)
 
 
+class FeatureMemo:
+    """Vision features by image content hash, least recently used first out beyond `max_bytes`."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.entries: OrderedDict[str, Tensor] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, digest: str) -> Tensor | None:
+        features = self.entries.get(digest)
+        if features is not None:
+            self.entries.move_to_end(digest)
+        return features
+
+    def put(self, digest: str, features: Tensor) -> None:
+        self.entries[digest] = features
+        self.bytes += features.numel() * features.element_size()
+        while self.bytes > self.max_bytes and len(self.entries) > 1:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+
+
 class Generator:
     def __init__(
-        self, model: MLLM, args: GenerationArgs, cache: ResponseCache | None = None
+        self,
+        model: MLLM,
+        args: GenerationArgs,
+        cache: ResponseCache | None = None,
+        memo: FeatureMemo | None = None,
     ) -> None:
         if model.tokenizer is None or model.template is None:
             raise ValueError(
                 "generation needs the model's tokenizer and template (MLLM.from_pretrained)"
             )
         self.m, self.args, self.cache = model, args, cache
+        self.memo = memo if memo is not None else FeatureMemo()
         self.template = model.template
         tok = model.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -164,13 +194,27 @@ class Generator:
             attention[i, offset:] = 1
             if start is not None:
                 image_mask[i, offset + start : offset + start + M] = True
-        images = [q.image.open() for q in questions if q.image is not None]
-        features = None
-        if images:
-            assert model.vision is not None
-            pixels = torch.stack([prepare(im, model.vision.spec) for im in images])  # uint8
-            features = model.encode_images(pixels)  # (I, N, d)
+        images = [q.image for q in questions if q.image is not None]
+        features = self.features(images) if images else None
         return input_ids.to(device), attention.to(device), image_mask.to(device), features
+
+    def features(self, images: Sequence[ImageRef]) -> Tensor:
+        """(I, N, d) features of the images in order; each distinct image not in the memo is
+        encoded (once, in one batch), the others are taken from it."""
+        digests = [_digest(im) for im in images]
+        batch = {d: f for d in dict.fromkeys(digests) if (f := self.memo.get(d)) is not None}
+        todo = {d: im for d, im in zip(digests, images, strict=True) if d not in batch}
+        self.memo.hits += len(digests) - len(todo)
+        self.memo.misses += len(todo)
+        if todo:
+            model = self.m
+            assert model.vision is not None
+            spec = model.vision.spec
+            pixels = torch.stack([prepare(im.open(), spec) for im in todo.values()])  # uint8
+            for d, f in zip(todo, model.encode_images(pixels), strict=True):  # (N, d) each
+                batch[d] = f
+                self.memo.put(d, f)
+        return torch.stack([batch[d] for d in digests])  # (I, N, d)
 
     def decode(self, ids: list[int]) -> str:
         for n, t in enumerate(ids):

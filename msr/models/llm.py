@@ -154,10 +154,16 @@ def load_causal_lm(
     revision: str | None = None,
     gguf_file: str | None = None,
     dtype: str = "bf16",
+    attention: str = "sdpa",
 ) -> PreTrainedModel:
-    """Weights of a hub id, local directory or GGUF file in `dtype`. A GGUF file is dequantised into
-    a plain dense model (trainable, saved like any other); transformers needs `gguf` for it."""
-    kwargs: dict[str, Any] = {"revision": revision, "dtype": DTYPES[dtype]}
+    """Weights of a hub id, local directory or GGUF file in `dtype`, running the `attention`
+    kernel (not saved with the model). A GGUF file is dequantised into a plain dense model
+    (trainable, saved like any other); transformers needs `gguf` for it."""
+    kwargs: dict[str, Any] = {
+        "revision": revision,
+        "dtype": DTYPES[dtype],
+        "attn_implementation": attention,
+    }
     if gguf_file is not None:
         kwargs.update(gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True))
     llm = AutoModelForCausalLM.from_pretrained(resolve(model), **kwargs)

@@ -125,7 +125,13 @@ def build_model(
     template = load_template(cfg.template or m.template, tokenizer, m.model, m.system)
     dtype = "bf16" if deepspeed_bf16(cfg) else "fp32" if cfg.train_llm else m.dtype
     with zero3_loading(cfg, topo) if cfg.deepspeed else nullcontext():
-        llm = load_causal_lm(m.model, revision=m.revision, gguf_file=m.gguf_file, dtype=dtype)
+        llm = load_causal_lm(
+            m.model,
+            revision=m.revision,
+            gguf_file=m.gguf_file,
+            dtype=dtype,
+            attention=cfg.attention,
+        )
     llm.requires_grad_(cfg.train_llm)
     if cfg.gradient_checkpointing:  # stage 1 too: the projector's gradient flows through the LLM
         llm.config.use_cache = False
