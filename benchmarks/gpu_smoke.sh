@@ -35,6 +35,7 @@ SETS=(
   --set "finetune.launcher=deepspeed" --set "finetune.num_devices=$NUM_GPUS"
   --set "finetune.deepspeed=configs/deepspeed/zero3.json" --set "finetune.bf16=true"
   --set "finetune.max_steps=$STEPS" --set "finetune.log_every=5"
+  --set "pretrain.attention=sdpa" --set "finetune.attention=sdpa"
   --set "eval.launcher=torchrun" --set "eval.num_devices=$NUM_GPUS" --set "eval.dtype=bf16"
 )
 
@@ -65,10 +66,10 @@ out = Path(sys.argv[1])
 names = ["synth", "models", "features", "pretrain", "finetune", "eval"]
 result = {"seconds": dict(zip(names, map(float, sys.argv[2:]))), "environment": environment()}
 for stage in ("pretrain", "finetune"):
-    m = json.loads((out / stage / "metrics.json").read_text())
-    train = m.get("train", {})
-    result[stage] = {k: train.get(k) for k in ("loss", "samples_per_s", "tokens_per_s", "max_memory_gb")}
-    result[stage]["steps"] = m.get("steps")
+    m = json.loads((out / stage / "metrics.json").read_text())  # what was learned
+    t = json.loads((out / stage / "timings.json").read_text())  # how fast, how much memory
+    result[stage] = {"loss": m.get("train", {}).get("loss"), "steps": m.get("steps")}
+    result[stage].update({k: t.get(k) for k in ("samples_per_s", "tokens_per_s", "max_memory_gb")})
 result["eval"] = json.loads((out / "eval.json").read_text())["headline"]
 (out / "smoke.json").write_text(json.dumps(result, indent=2) + "\n")
 print(json.dumps(result, indent=2))

@@ -230,9 +230,9 @@ class Train(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     train_llm: bool = False
     gradient_checkpointing: bool = False
-    # the LLM's attention kernel while training (transformers' attn_implementation): eager's plain
-    # matmuls train ~1.15× faster than sdpa on a CPU at ~150 tokens (benchmarks/step_kernels.py);
-    # evaluation always runs sdpa
+    # the LLM's attention kernel while training (transformers' attn_implementation): on a CPU
+    # eager's plain matmuls beat sdpa's kernel at ~100–150 tokens (small-real: stage 1 ~1.3×,
+    # stage 2 ~1.1×; benchmarks/step_kernels.py); evaluation always runs sdpa
     attention: Literal["sdpa", "eager"] = "sdpa"
     launcher: Launcher = "none"
     deepspeed: str | None = None  # path of a DeepSpeed json config (ZeRO stage etc.)

@@ -114,8 +114,16 @@ def test_stage2_loss_falls_and_llm_changes(workspace: Params, tmp_path: Path) ->
     stage1 = load_file(Path(p.paths.pretrain) / "projector.safetensors")
     stage2 = load_file(out / "projector.safetensors")
     assert any(not torch.equal(stage1[k], stage2[k]) for k in stage1)
-    metrics = json.loads((Path(p.paths.reports) / "finetune" / "metrics.json").read_text())
+    reports = Path(p.paths.reports) / "finetune"
+    metrics = json.loads((reports / "metrics.json").read_text())
     assert metrics["steps"] == 30 and "loss" in metrics["train"]
+    # DVC outs hold what was learned, not how fast: the timings are beside them
+    assert set(metrics["train"]) == {"loss", "lr"}
+    assert not {"seconds", "data_wait_seconds"} & set(metrics)
+    plots = {f.stem for f in (reports / "plots" / "metrics" / "train").iterdir()}
+    assert plots == {"loss", "lr"}
+    timings = json.loads((reports / "timings.json").read_text())
+    assert timings["seconds"] > 0 and timings["tokens_per_s"] > 0
     config = MLLM.from_pretrained(out, vision=False).config
     assert config is not None
     assert config.template == "vicuna_v1" and config.projector["num_queries"] == 36

@@ -30,7 +30,7 @@ def summary(params: Params) -> str:
         m = _load(r / stage / "metrics.json")
         if m:
             lines.append(f"- {stage}: {m.get('steps')} steps, {m.get('samples')} samples, loss "
-                         f"{num(m.get('first_loss'), 3)} → {num(m.get('last_loss'), 3)}, {num(m.get('seconds'), 0)} s"
+                         f"{num(m.get('first_loss'), 3)} → {num(m.get('last_loss'), 3)}"
                          + (f"; {m['skipped']} samples skipped as unusable, {m['unused']} read but not "
                             "trained on (skips.json)" if "skipped" in m else ""))  # fmt: skip
     ev = _load(r / "eval.json")
