@@ -13,9 +13,10 @@ object colour, shape kind, background) on fresh scenes, with each scene's own im
 one's (benchmarks/small_real_probe.py). `--words NAMES` records it for stage-1 projectors already
 trained.
 
-Each variant is a list of `--set` overrides of the small-real preset (v3: stage 1 for three
-epochs); the earlier recipes (v1; v2, one stage-1 epoch) and the stage-1 search that led to v2 are
-variants too, their overrides restated against v3. A variant's checkpoints and answers go to
+Each variant is a list of `--set` overrides of the small-real preset (v4: 2–4 question turns per
+instruct image, eager attention while training); the earlier recipes (v1; v2, one stage-1 epoch;
+v3, one or two turns per image and sdpa) and the stage-1 search that led to v2 are variants too,
+their overrides restated against v4. A variant's checkpoints and answers go to
 data/small-real/variants/<name>/. It shares the preset's feature cache and, if it changes nothing
 before stage 2, the preset's stage-1 projector; a variant that changes only the instruct questions
 (STAGE2_DATA: the images and captions stay the same) starts from the stage 1 of the first variant
@@ -47,23 +48,32 @@ from stages import features, synth
 log = logging.getLogger("small_real_variants")
 OUT = Path("reports/small-real")
 EVAL_SETS = "[synth_gqa, synth_mmbench]"  # the sets with per-category questions
-# The second recipe (v2): stage 1 for one epoch of the captions.
-V2 = ["pretrain.epochs=1.0"]
+# The third recipe (v3): one or two question turns per instruct image, sdpa attention while
+# training (the kernel every run before v4 used).
+SDPA = ["pretrain.attention=sdpa", "finetune.attention=sdpa"]
+V3 = ["data.synth.turns=[1, 2]", *SDPA]
+# The second recipe (v2): v3 with stage 1 for one epoch of the captions.
+V2 = [*V3, "pretrain.epochs=1.0"]
 # The first recipe (v1): v2 with features before DINOv2's final LayerNorm and stage 1 at lr 1e-3.
 V1 = ["vision.final_norm=false", "pretrain.lr=1.0e-3", *V2]
 VARIANTS: dict[str, list[str]] = {
-    # the preset (v3): MS-Resampler M = 36, default options, layer −2 through the final LayerNorm,
-    # stage 1 at lr 1e-2 for three epochs
+    # the preset (v4): MS-Resampler M = 36, default options, layer −2 through the final LayerNorm,
+    # stage 1 at lr 1e-2 for three epochs, 2–4 question turns per instruct image
     "baseline": [],
+    # the preset with another stage-2 seed (data order): spatial cleared +15 in two of three runs
+    # of the 2–4-turn recipe
+    "baseline_seed1": ["finetune.seed=1"],
     "resampler": ["projector.name=resampler"],
     "avgpool": ["projector.name=avgpool"],
     "m144": ["projector.num_queries=144"],
     "projector_lr": ["finetune.projector_lr=1.0e-3"],  # LLaVA's mm_projector_lr in stage 2
     "pre_x4": ["data.synth.pretrain_images=8000"],  # 4× the stage-1 captions
+    "v3": V3,
     # the v3 stage 1 with the best stage-2 data measured on v2's: 2–4 question turns per image
-    "pre_e3_turns24": ["data.synth.turns=[2, 4]"],
+    # (v4's data, trained in sdpa)
+    "pre_e3_turns24": SDPA,
     # measured: spatial +20, local attribute +29.5 (one seed); the same with another stage-2 seed
-    "pre_e3_turns24_seed1": ["data.synth.turns=[2, 4]", "finetune.seed=1"],
+    "pre_e3_turns24_seed1": [*SDPA, "finetune.seed=1"],
     # v2 and its variants (one stage-1 epoch)
     "v2": V2,
     "v2_avgpool": [*V2, "projector.name=avgpool"],
@@ -72,7 +82,7 @@ VARIANTS: dict[str, list[str]] = {
     "beta16": [*V2, "projector.options.ms_resampler.beta=16.0"],
     "ft_lr3e-4": [*V2, "finetune.lr=3.0e-4"],  # stage 2 learns faster: 196 steps are few
     # more questions per image: 2–4 turns (the tiny preset's) instead of 1–2
-    "turns24": [*V2, "data.synth.turns=[2, 4]"],
+    "turns24": [*SDPA, "pretrain.epochs=1.0"],
     # v1 and how v2 was found: stage 1 was underfit (caption loss still falling at 3.9 after 125
     # steps); the stage-1 loss (held out: each caption is seen once) of each change
     "v1": V1,
@@ -85,12 +95,13 @@ VARIANTS: dict[str, list[str]] = {
     # on a CPU without native bf16 (where bf16 is emulated, 5-30x slower): v2 in fp32, and stage 1
     # for three epochs of the captions instead of one (its loss still falls at step 125)
     "fp32": [*FP32, *V2],
-    "fp32_pre_e3": [*FP32, "pretrain.epochs=3.0"],
-    "fp32_pre_e3_resampler": [*FP32, "pretrain.epochs=3.0", "projector.name=resampler"],
-    "fp32_pre_e3_avgpool": [*FP32, "pretrain.epochs=3.0", "projector.name=avgpool"],
+    "fp32_pre_e3": [*FP32, *V3, "pretrain.epochs=3.0"],
+    "fp32_pre_e3_resampler": [*FP32, *V3, "pretrain.epochs=3.0", "projector.name=resampler"],
+    "fp32_pre_e3_avgpool": [*FP32, *V3, "pretrain.epochs=3.0", "projector.name=avgpool"],
     # the resampler with MS-Resampler's second stage-2 seed: the comparison with two seeds a side
     "fp32_pre_e3_resampler_seed1": [
         *FP32,
+        *V3,
         "pretrain.epochs=3.0",
         "projector.name=resampler",
         "finetune.seed=1",
@@ -99,33 +110,35 @@ VARIANTS: dict[str, list[str]] = {
     # it attends into one value vector; eight heads (72 channels each) can attend to each separately
     "fp32_pre_e3_heads8": [
         *FP32,
+        *V3,
         "pretrain.epochs=3.0",
         "projector.options.ms_resampler.num_heads=8",
     ],
-    "fp32_pre_e3_m144": [*FP32, "pretrain.epochs=3.0", "projector.num_queries=144"],
+    "fp32_pre_e3_m144": [*FP32, *V3, "pretrain.epochs=3.0", "projector.num_queries=144"],
     # the model answers "B" to every MMBench question: it has not learnt to read an answer off the
     # options (1,074 of 4,686 training turns are multiple choice); half the turns as multiple choice
-    "fp32_pre_e3_mc50": [*FP32, "pretrain.epochs=3.0", "data.synth.mc_prob=0.5"],
+    "fp32_pre_e3_mc50": [*FP32, *V3, "pretrain.epochs=3.0", "data.synth.mc_prob=0.5"],
     # the best recipe again with another stage-2 seed (data order): how far one run is from the next
-    "fp32_pre_e3_seed1": [*FP32, "pretrain.epochs=3.0", "finetune.seed=1"],
+    "fp32_pre_e3_seed1": [*FP32, *V3, "pretrain.epochs=3.0", "finetune.seed=1"],
     # LLaVA's mm_projector_lr: the projector learns 10x faster than the LLM in stage 2
-    "fp32_pre_e3_projector_lr": [*FP32, "pretrain.epochs=3.0", "finetune.projector_lr=1.0e-3"],
+    "fp32_pre_e3_projector_lr": [*FP32, *V3, "pretrain.epochs=3.0", "finetune.projector_lr=1.0e-3"],
     # the LLM alone learns to read an answer off the options from ~1,000 text prompts that state it
     # (benchmarks/small_real_letters.py): 1,500 text-only multiple-choice records about scenes in
     # words, beside the image questions
-    "fp32_pre_e3_text_mc": [*FP32, "pretrain.epochs=3.0", "data.synth.text_mc=1500"],
+    "fp32_pre_e3_text_mc": [*FP32, *V3, "pretrain.epochs=3.0", "data.synth.text_mc=1500"],
     # told a scene in words, the stage-2 LLM answers the background and a shape's colour but not
     # whether a colour is in it ("no" to all) nor how many shapes (benchmarks/small_real_text_qa.py):
     # 1,500 text-only short-answer records about scenes in words, beside the image questions
-    "fp32_pre_e3_text_qa": [*FP32, "pretrain.epochs=3.0", "data.synth.text_qa=1500"],
+    "fp32_pre_e3_text_qa": [*FP32, *V3, "pretrain.epochs=3.0", "data.synth.text_qa=1500"],
     # skills taught on words do not carry to the image (text_mc, text_qa probe): checking the image
     # for a colour has to be learned from image turns; two epochs of them instead of one
-    "fp32_pre_e3_ft_e2": [*FP32, "pretrain.epochs=3.0", "finetune.epochs=2.0"],
+    "fp32_pre_e3_ft_e2": [*FP32, *V3, "pretrain.epochs=3.0", "finetune.epochs=2.0"],
     # the same at the same cost: existence and spatial listed three times, so a record draws them
     # more often (measured: existence 1,701 turns instead of 962, spatial 818 instead of 500, the
     # others 28–41 % fewer), in the same 196 steps
     "fp32_pre_e3_readout3x": [
         *FP32,
+        *V3,
         "pretrain.epochs=3.0",
         "data.synth.categories=[global, local_attribute, existence, existence, existence, counting,"
         " spatial, spatial, spatial, glyph]",
@@ -135,6 +148,7 @@ VARIANTS: dict[str, list[str]] = {
     # seed, before it becomes the recipe
     "fp32_pre_e3_ft_e2_seed1": [
         *FP32,
+        *V3,
         "pretrain.epochs=3.0",
         "finetune.epochs=2.0",
         "finetune.seed=1",
@@ -334,16 +348,22 @@ SHORT = {"synth_gqa": "GQA", "synth_mmbench": "MMB", "local_attribute": "local"}
 
 def render(results: dict[str, dict[str, Any]]) -> str:
     # one column per (set, category), in the order they first appear; the majority baselines are
-    # the same for every variant (same questions), so they form one row
-    columns: dict[tuple[str, str], dict[str, Any]] = {}
+    # the same for every variant scored on the same evaluation sets, so they form one row per sets
+    preset = preset_synth()
+    columns: dict[tuple[str, str], None] = {}
+    majority: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     for r in results.values():
         for bench, cats in r["categories"].items():
             for cat, c in cats.items():
-                columns.setdefault((bench, cat), c)
+                columns.setdefault((bench, cat), None)
+                majority.setdefault(r.get("eval_synth", preset), {}).setdefault((bench, cat), c)
     title = [f"{SHORT.get(b, b)} {SHORT.get(c, c)}" for b, c in columns]
-    preset = preset_synth()
+    sets = sorted(majority, key=lambda s: s != preset)  # the preset's first
+    marks = {
+        s: "" if s == preset else "†" * n for n, s in enumerate(sets, start=int(preset not in sets))
+    }
     scored = [
-        f"| {name}{'†' if r.get('eval_synth', preset) != preset else ''} | "
+        f"| {name}{marks[r.get('eval_synth', preset)]} | "
         + " | ".join(
             f"{c['acc']:.0f} ({c['acc'] - c['majority']:+.0f})"
             if (c := r["categories"].get(b, {}).get(cat))
@@ -353,6 +373,24 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         + " |"
         for name, r in results.items()
         if r["categories"]
+    ]
+    baselines: list[str] = []
+    for folder in sets:
+        cells = [majority[folder].get(k) for k in columns]
+        baselines += [
+            f"| *majority baseline*{marks[folder]} | "
+            + " | ".join(f"{c['majority']:.0f}" if c else "" for c in cells)
+            + " |",
+            f"| *questions*{marks[folder]} | "
+            + " | ".join(str(c["n"]) if c else "" for c in cells)
+            + " |",
+        ]
+    notes = [
+        f"{mark} scored on the evaluation sets of {s}: the same scenes, other questions (they are "
+        "drawn after the instruct conversations, and that synth's differ), so compare differences "
+        "from the majority across marks, not accuracies."
+        for s, mark in marks.items()
+        if mark
     ]
     lines = [
         "# small-real: recipe variants",
@@ -384,20 +422,9 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "",
         "| variant | " + " | ".join(title) + " |",
         "| :--- |" + " ---: |" * len(columns),
-        "| *majority baseline* | "
-        + " | ".join(f"{c['majority']:.0f}" for c in columns.values())
-        + " |",
-        "| *questions* | " + " | ".join(str(c["n"]) for c in columns.values()) + " |",
+        *baselines,
         *scored,
-        *(
-            [
-                "",
-                "† scored on its own synth's evaluation sets: the same scenes, other questions (drawn",
-                "after the instruct conversations), so compare its differences from the majority only.",
-            ]
-            if any("†" in row for row in scored)
-            else []
-        ),
+        *(["", *notes] if notes else []),
         *render_words(results),
     ]
     return "\n".join(lines) + "\n"

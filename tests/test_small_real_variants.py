@@ -33,12 +33,14 @@ def test_a_stage2_variant_starts_from_the_presets_stage1() -> None:
 def test_variants_share_the_features_their_overrides_make_the_same_way() -> None:
     a = variant_params("fp32_pre_e3")
     b = variant_params("fp32_pre_e3_heads8")
-    assert a.paths.features == b.paths.features == "data/small-real/variants/features-dtype-fp32"
+    fp32 = "data/small-real/variants/features-turns-1-2_dtype-fp32"  # v3's data in fp32
+    assert a.paths.features == b.paths.features == fp32
     assert a.paths.pretrain != b.paths.pretrain  # stage 1 differs: each trains its own
     assert b.projector.options["ms_resampler"]["num_heads"] == 8
-    turns = variant_params("turns24")
-    assert turns.paths.synth == "data/small-real/variants/synth-turns-2-4"
-    assert turns.paths.features == "data/small-real/variants/features-turns-2-4"
+    v3 = variant_params("v3")  # one or two turns per image: other conversations, other shards
+    assert v3.paths.synth == "data/small-real/variants/synth-turns-1-2"
+    assert v3.paths.features == "data/small-real/variants/features-turns-1-2"
+    assert variant_params("turns24").paths.features == "data/small-real/features"  # the preset's
 
 
 def test_a_finished_stage1_is_reused_only_with_the_same_overrides(
@@ -61,9 +63,10 @@ def test_a_variant_of_the_instruct_questions_shares_its_bases_stage1() -> None:
     mc = variant_params("fp32_pre_e3_mc50")
     assert stage1_owner("fp32_pre_e3_mc50") == "fp32_pre_e3"
     assert mc.paths.pretrain == variant_params("fp32_pre_e3").paths.pretrain
-    assert mc.paths.synth == "data/small-real/variants/synth-mc_prob-0.5"
+    assert mc.paths.synth == "data/small-real/variants/synth-mc_prob-0.5_turns-1-2"
     assert mc.data.synth.mc_prob == pytest.approx(0.5)
-    assert stage1_owner("pre_e3_turns24") is None  # the preset's stage 1
+    assert stage1_owner("baseline") is None  # the preset's stage 1
+    assert stage1_owner("pre_e3_turns24") == "v3"  # v3's (sdpa): v4's data on it
     assert stage1_owner("turns24") == "v2"  # v2's: one stage-1 epoch
     assert stage1_owner("fp32_pre_e3_heads8") == "fp32_pre_e3_heads8"  # its own
     # scored on the preset's evaluation sets, trained on its own instruct data
@@ -133,12 +136,16 @@ def test_rerunning_stage1_alone_keeps_the_rows_stage2_numbers() -> None:
 
 def test_every_reported_variant_states_its_overrides_against_the_current_preset() -> None:
     """A row's overrides are what the variant changes in today's preset: when the preset moves on
-    (v2 → v3: three stage-1 epochs), the rows measured on the old one name what set them back."""
+    (v2 → v3: three stage-1 epochs; v3 → v4: 2–4 turns, eager attention), the rows measured on
+    the old one name what set them back."""
     rows = json.loads((Path(__file__).resolve().parents[1] / OUT / "variants.json").read_text())
     assert rows
     for name, row in rows.items():
         if name in VARIANTS:
             assert row["overrides"] == VARIANTS[name], name
-    assert rows["v2"]["overrides"] == ["pretrain.epochs=1.0"]
+    assert rows["v2"]["overrides"][-1] == "pretrain.epochs=1.0"
     assert variant_params("v2").pretrain.epochs == 1.0
-    assert variant_params("baseline").pretrain.epochs == 3.0
+    v3, v4 = variant_params("v3"), variant_params("baseline")
+    assert v3.pretrain.epochs == v4.pretrain.epochs == 3.0
+    assert v3.data.synth.turns == (1, 2) and v4.data.synth.turns == (2, 4)
+    assert v3.finetune.attention == "sdpa" and v4.finetune.attention == "eager"
