@@ -22,7 +22,9 @@ before stage 2, the preset's stage-1 projector; a variant that changes only the 
 (STAGE2_DATA: the images and captions stay the same) starts from the stage 1 of the first variant
 without that change. Other images or features get folders named after the overrides that make
 them, shared by the variants that make them the same way (each run encodes the splits its stages
-need). Every variant answers the preset's evaluation sets, whatever synth it trains on. Run
+need). A variant whose stage 2 starts from another variant's LLM (an `llm.model=` override into
+that variant's folder) runs that one through stage 2 first. Every variant answers the preset's
+evaluation sets, whatever synth it trains on. Run
 `make small-real` first (or, for stage-1 variants, `msr synth` and `msr models` with the preset).
 """
 
@@ -48,6 +50,7 @@ from stages import features, synth
 log = logging.getLogger("small_real_variants")
 OUT = Path("reports/small-real")
 EVAL_SETS = "[synth_gqa, synth_mmbench]"  # the sets with per-category questions
+VARIANT_DIR = "data/small-real/variants"
 # The third recipe (v3): one or two question turns per instruct image, sdpa attention while
 # training (the kernel every run before v4 used).
 SDPA = ["pretrain.attention=sdpa", "finetune.attention=sdpa"]
@@ -153,6 +156,20 @@ VARIANTS: dict[str, list[str]] = {
         "finetune.epochs=2.0",
         "finetune.seed=1",
     ],
+    # the LLM alone, in words first: 1,600 text-only short-answer records about scenes in words
+    # (whether a colour is in the scene, how many shapes, a shape's colour, the background), one
+    # epoch of 100 steps at stage 2's lr, the preset's stage-1 projector idle. After stage 2, 100
+    # such steps taught the LLM to check a scene for a colour in words (benchmarks/
+    # small_real_text_qa.py) but unlearned the image answers; here the skill comes first. Trained
+    # through stage 2 only (`text_first` runs it).
+    "text_warmup": [
+        "data.synth.instruct_images=0",
+        "data.synth.text_only=0",
+        "data.synth.text_qa=1600",
+    ],
+    # the preset's stage 2, starting from text_warmup's LLM: does a readout learned in words carry
+    # into the image turns? Its ablation is `baseline` (the same stage 1, data and seed)
+    "text_first": [f"llm.model={VARIANT_DIR}/text_warmup/finetune/llm", "llm.gguf_file=null"],
 }
 
 # synth params that change only the instruct conversations (and the eval questions drawn after
@@ -167,6 +184,10 @@ STAGE2_DATA = (
     "data.synth.text_mc=",
     "data.synth.text_qa=",
 )
+# what leaves stage 1 alone: the above, and how many instruct images there are (the captions are
+# drawn before any instruct scene; only the evaluation scenes, kept apart from the training ones,
+# may differ, and every variant answers the preset's)
+NOT_STAGE1 = (*STAGE2_DATA, "data.synth.instruct_images=")
 
 
 def _slug(overrides: list[str]) -> str:
@@ -183,7 +204,7 @@ def _stage1(overrides: list[str]) -> list[str]:
         o
         for o in overrides
         if o.startswith(("pretrain.", "projector.", "vision.", "data."))
-        and not o.startswith(STAGE2_DATA)
+        and not o.startswith(NOT_STAGE1)
     ]
 
 
@@ -196,16 +217,25 @@ def stage1_owner(name: str) -> str | None:
     return next(v for v, o in VARIANTS.items() if _stage1(o) == mine)
 
 
+def llm_owner(name: str) -> str | None:
+    """The variant whose stage-2 LLM `name` starts from (an `llm.model=` override into that
+    variant's folder), or None."""
+    model = next((o.partition("=")[2] for o in VARIANTS[name] if o.startswith("llm.model=")), "")
+    parts = Path(model).parts
+    base = Path(VARIANT_DIR).parts
+    if parts[: len(base)] == base and len(parts) > len(base) and parts[len(base)] in VARIANTS:
+        return parts[len(base)]
+    return None
+
+
 def variant_params(name: str, eval_synth: str | None = None) -> Any:
     """The params of variant `name`; `eval_synth` (default: its own synth) is the folder whose
     evaluation sets it answers."""
     overrides = VARIANTS[name]
-    base = Path(f"data/small-real/variants/{name}")
+    base = Path(f"{VARIANT_DIR}/{name}")
     owner = stage1_owner(name)
     pretrain = (
-        Path(f"data/small-real/variants/{owner}/pretrain")
-        if owner
-        else Path("data/small-real/pretrain")
+        Path(f"{VARIANT_DIR}/{owner}/pretrain") if owner else Path("data/small-real/pretrain")
     )
     sets = [
         f"paths.pretrain={pretrain}",
@@ -218,7 +248,7 @@ def variant_params(name: str, eval_synth: str | None = None) -> Any:
     # change them the same way (named after those overrides)
     data = sorted(o for o in overrides if o.startswith("data.synth."))
     if data:
-        synth = Path("data/small-real/variants/synth-" + _slug(data))
+        synth = Path(f"{VARIANT_DIR}/synth-" + _slug(data))
         sets += [
             f"paths.synth={synth}",
             f"data.pretrain_json={synth}/pretrain.json",
@@ -228,7 +258,7 @@ def variant_params(name: str, eval_synth: str | None = None) -> Any:
         ]
     encoder = sorted(o for o in overrides if o.startswith(("vision.", "data.synth.")))
     if encoder:
-        sets.append(f"paths.features=data/small-real/variants/features-{_slug(encoder)}")
+        sets.append(f"paths.features={VARIANT_DIR}/features-{_slug(encoder)}")
     if eval_synth is not None:
         sets.append(f"paths.synth={eval_synth}")
     return load_params(preset_path("small-real"), [*sets, *overrides])
@@ -287,6 +317,12 @@ def run(name: str, until: str, results: dict[str, dict[str, Any]]) -> dict[str, 
         raise SystemExit(
             f"{name} starts from the stage-1 projector of {owner}, which has not finished: run "
             f"`python benchmarks/small_real_variants.py --until pretrain {owner}` first"
+        )
+    llm_from = llm_owner(name)
+    if llm_from is not None and not (Path(params.llm.model) / "config.json").exists():
+        raise SystemExit(
+            f"{name} starts from the LLM of {llm_from}, which has not finished stage 2: run "
+            f"`python benchmarks/small_real_variants.py --until finetune {llm_from}` first"
         )
     # encode only the splits the stages to run need (shards of the others stay in the cache)
     needed = {"pretrain"} if until == "pretrain" else {"instruct"}
@@ -489,7 +525,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="+", choices=sorted(VARIANTS))
     parser.add_argument(
-        "--until", choices=["pretrain", "eval"], default="eval", help="the last stage to run"
+        "--until",
+        choices=["pretrain", "finetune", "eval"],
+        default="eval",
+        help="the last stage to run",
     )
     parser.add_argument(
         "--words", action="store_true", help="only the caption words of existing stage-1 projectors"
@@ -497,13 +536,21 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     path = OUT / "variants.json"
-    for name in args.names:
+    names = list(args.names)
+    for name in args.names:  # a variant that starts from another's LLM: that one's stage 2 first
+        owner = llm_owner(name)
+        llm = Path(variant_params(name).llm.model) / "config.json"
+        if owner is not None and owner not in names and not llm.exists() and not args.words:
+            log.info("%s starts from the LLM of %s: running its stage 2 first", name, owner)
+            names.insert(names.index(name), owner)
+    for name in names:
+        until = "finetune" if args.until == "eval" and name in map(llm_owner, names) else args.until
         so_far = json.loads(path.read_text()) if path.exists() else {}
         if args.words:
             params = variant_params(name)
             entry = {"stage1_words": stage1_words(params, Path(params.paths.pretrain))}
         else:
-            entry = run(name, args.until, so_far)
+            entry = run(name, until, so_far)
         # read again just before writing: variants run side by side add their own rows
         results = json.loads(path.read_text()) if path.exists() else {}
         results[name] = merge(results.get(name), entry, name)

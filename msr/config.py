@@ -42,7 +42,7 @@ class Synth(Section):
 
     seed: int = 0
     pretrain_images: int = Field(gt=0)
-    instruct_images: int = Field(gt=0)
+    instruct_images: int = Field(ge=0)  # 0 with text records: a text-only instruct set
     text_only: int = Field(0, ge=0)  # text-only instruct records, like ShareGPT in mix665k
     # text-only multiple-choice records: a scene in words, a question about it and its options,
     # answered with the letter (reading an answer off the options, apart from seeing)
@@ -71,6 +71,10 @@ class Synth(Section):
         unknown = sorted(set(self.colors + self.backgrounds) - set(COLORS))
         if unknown:
             raise ValueError(f"unknown colour(s) {unknown}; known: {', '.join(COLORS)}")
+        if not self.instruct_images + self.text_only + self.text_mc + self.text_qa:
+            raise ValueError(
+                "the instruct set is empty: instruct_images, text_only, text_mc and text_qa are all 0"
+            )
         if not 1 <= self.turns[0] <= self.turns[1]:
             raise ValueError(f"turns={list(self.turns)} must be (min, max) with 1 ≤ min ≤ max")
         from msr.data.synth.generate import CAPTION_CATEGORIES

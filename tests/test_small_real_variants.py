@@ -10,10 +10,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from small_real_variants import (
+    NOT_STAGE1,
     OUT,
     STAGE2_DATA,
     VARIANTS,
     _trained_stage1,
+    llm_owner,
     merge,
     stage1_owner,
     variant_params,
@@ -98,6 +100,16 @@ def test_the_stage2_data_params_change_no_image_and_no_caption(tmp_path: Path) -
         assert images, key
         for rel in images:  # an instruct scene with no question asked is not written
             assert (out / rel).read_bytes() == (base / rel).read_bytes(), (key, rel)
+    # fewer instruct images leave the captions and their images as they were (stage 1's data)
+    assert set(NOT_STAGE1) - set(STAGE2_DATA) == {"data.synth.instruct_images="}
+    update = {"instruct_images": 0, "text_qa": 8}
+    out = tmp_path / "no_instruct_images"
+    generate(out, params.data.synth.model_copy(update=update), params.vision.image_size)
+    assert (out / "pretrain.json").read_bytes() == (base / "pretrain.json").read_bytes()
+    captions = sorted(p.relative_to(out) for p in (out / "pretrain_images").rglob("*.jpg"))
+    assert captions
+    for rel in captions:
+        assert (out / rel).read_bytes() == (base / rel).read_bytes(), rel
 
 
 def test_rerunning_stage1_alone_keeps_the_rows_stage2_numbers() -> None:
@@ -149,3 +161,15 @@ def test_every_reported_variant_states_its_overrides_against_the_current_preset(
     assert v3.pretrain.epochs == v4.pretrain.epochs == 3.0
     assert v3.data.synth.turns == (1, 2) and v4.data.synth.turns == (2, 4)
     assert v3.finetune.attention == "sdpa" and v4.finetune.attention == "eager"
+
+
+def test_a_stage2_from_another_variants_llm() -> None:
+    """text_first trains the preset's stage 2 from the LLM that text_warmup fine-tuned on text."""
+    assert llm_owner("text_first") == "text_warmup"
+    assert llm_owner("text_warmup") is None and llm_owner("baseline") is None
+    first, warm = variant_params("text_first"), variant_params("text_warmup")
+    assert first.llm.model == f"{warm.paths.finetune}/llm" and first.llm.gguf_file is None
+    assert first.paths.features == "data/small-real/features"  # the preset's data and stage 1
+    assert first.paths.pretrain == warm.paths.pretrain == "data/small-real/pretrain"
+    assert stage1_owner("text_warmup") is None  # no image is encoded again, no stage 1 retrained
+    assert warm.data.synth.instruct_images == 0 and warm.data.synth.text_qa == 1600

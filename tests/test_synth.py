@@ -272,3 +272,17 @@ def test_text_scene_records_state_their_answer_and_leave_the_rest_as_it_was(
 def test_text_scene_records_need_a_category_a_caption_answers(tmp_path: Path, key: str) -> None:
     with pytest.raises(ValueError, match=rf"{key}=5 asks what a caption answers.*'spatial'"):
         _synth_with(tmp_path, **{key: 5}, categories=["spatial"])
+
+
+def test_an_instruct_set_of_text_alone(tmp_path: Path) -> None:
+    params = _synth_with(tmp_path, instruct_images=0, text_only=0, text_qa=12)
+    synth.run(params)
+    rows = json.loads(Path(params.data.instruct_json).read_text())
+    assert len(rows) == 12 and all("image" not in r for r in rows)
+    summary = json.loads((Path(params.paths.synth) / "summary.json").read_text())
+    assert summary["instruct"]["images"] == 0 and summary["instruct"]["text_qa"] == 12
+
+
+def test_an_empty_instruct_set_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="the instruct set is empty"):
+        _synth_with(tmp_path, instruct_images=0, text_only=0)
