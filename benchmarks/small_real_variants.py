@@ -34,6 +34,8 @@ import argparse
 import json
 import logging
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -543,8 +545,17 @@ def main() -> None:
         if owner is not None and owner not in names and not llm.exists() and not args.words:
             log.info("%s starts from the LLM of %s: running its stage 2 first", name, owner)
             names.insert(names.index(name), owner)
+    if len(names) > 1:
+        # one process per variant: a process keeps the peak heap of every stage it ran (stage 2:
+        # ~12 GB), and a data worker forked from it may copy that again; four stages in one
+        # process ran 24 GB out of memory
+        for name in names:
+            until = "finetune" if args.until == "eval" and name in map(llm_owner, names) else None
+            flags = ["--words"] if args.words else ["--until", until or args.until]
+            subprocess.run([sys.executable, __file__, *flags, name], check=True)
+        return
     for name in names:
-        until = "finetune" if args.until == "eval" and name in map(llm_owner, names) else args.until
+        until = args.until
         so_far = json.loads(path.read_text()) if path.exists() else {}
         if args.words:
             params = variant_params(name)

@@ -173,3 +173,23 @@ def test_a_stage2_from_another_variants_llm() -> None:
     assert first.paths.pretrain == warm.paths.pretrain == "data/small-real/pretrain"
     assert stage1_owner("text_warmup") is None  # no image is encoded again, no stage 1 retrained
     assert warm.data.synth.instruct_images == 0 and warm.data.synth.text_qa == 1600
+
+
+def test_several_variants_run_one_process_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process keeps the peak heap of each stage it ran: several variants, several processes,
+    and a variant that starts from another's LLM gets that one's stage 2 first."""
+    import small_real_variants
+
+    monkeypatch.chdir(tmp_path)  # no variant has run here
+    calls: list[list[str]] = []
+    monkeypatch.setattr(small_real_variants.subprocess, "run", lambda a, check: calls.append(a))
+    monkeypatch.setattr(sys, "argv", ["small_real_variants.py", "resampler", "text_first"])
+    small_real_variants.main()
+    assert [c[2:] for c in calls] == [
+        ["--until", "eval", "resampler"],
+        ["--until", "finetune", "text_warmup"],  # its LLM is not on disk
+        ["--until", "eval", "text_first"],
+    ]
+    assert all(c[:2] == [sys.executable, small_real_variants.__file__] for c in calls)
