@@ -70,6 +70,10 @@ VARIANTS: dict[str, list[str]] = {
     "baseline_seed1": ["finetune.seed=1"],
     "resampler": ["projector.name=resampler"],
     "avgpool": ["projector.name=avgpool"],
+    # the two baselines with the preset's second stage-2 seed, on their own stage 1: the
+    # comparison with two seeds a side
+    "resampler_seed1": ["projector.name=resampler", "finetune.seed=1"],
+    "avgpool_seed1": ["projector.name=avgpool", "finetune.seed=1"],
     "m144": ["projector.num_queries=144"],
     "projector_lr": ["finetune.projector_lr=1.0e-3"],  # LLaVA's mm_projector_lr in stage 2
     "pre_x4": ["data.synth.pretrain_images=8000"],  # 4× the stage-1 captions
