@@ -558,20 +558,19 @@ def main() -> None:
             flags = ["--words"] if args.words else ["--until", until or args.until]
             subprocess.run([sys.executable, __file__, *flags, name], check=True)
         return
-    for name in names:
-        until = args.until
+    (name,) = names
+    if args.words:
+        params = variant_params(name)
+        entry = {"stage1_words": stage1_words(params, Path(params.paths.pretrain))}
+    else:
         so_far = json.loads(path.read_text()) if path.exists() else {}
-        if args.words:
-            params = variant_params(name)
-            entry = {"stage1_words": stage1_words(params, Path(params.paths.pretrain))}
-        else:
-            entry = run(name, until, so_far)
-        # read again just before writing: variants run side by side add their own rows
-        results = json.loads(path.read_text()) if path.exists() else {}
-        results[name] = merge(results.get(name), entry, name)
-        # the entry first: a run is not lost to a report that fails to render
-        atomic_write_json(OUT / "variants.json", results)
-        write_report(OUT / "variants", results, render(results))
+        entry = run(name, args.until, so_far)
+    # read again just before writing: variants run side by side add their own rows
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[name] = merge(results.get(name), entry, name)
+    # the entry first: a run is not lost to a report that fails to render
+    atomic_write_json(OUT / "variants.json", results)
+    write_report(OUT / "variants", results, render(results))
 
 
 if __name__ == "__main__":
