@@ -554,8 +554,10 @@ def main() -> None:
         # ~12 GB), and a data worker forked from it may copy that again; four stages in one
         # process ran 24 GB out of memory
         for name in names:
-            until = "finetune" if args.until == "eval" and name in map(llm_owner, names) else None
-            flags = ["--words"] if args.words else ["--until", until or args.until]
+            until = (
+                "finetune" if args.until == "eval" and name in map(llm_owner, names) else args.until
+            )
+            flags = ["--words"] if args.words else ["--until", until]
             subprocess.run([sys.executable, __file__, *flags, name], check=True)
         return
     (name,) = names
