@@ -592,7 +592,7 @@ def compare(
         if proc.returncode != 0:
             raise _fail(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
         rows = json.loads(proc.stdout)
-    experiments = cmp.from_exp_show(rows)
+    experiments = cmp.attach_items(cmp.from_exp_show(rows), _read_at_rev)
     if exp:
         unknown = sorted(set(exp) - {e.name for e in experiments})
         if unknown:
@@ -609,6 +609,16 @@ def compare(
     atomic_write_json(out / "compare.json", result)
     cmp.plot(result, out / "compare.png")
     sys.stdout.write(markdown)
+
+
+def _read_at_rev(rev: str, path: str) -> str | None:
+    """A file's text in the workspace (rev "workspace") or at a git revision; None if absent."""
+    import subprocess
+
+    if rev == "workspace":
+        return Path(path).read_text() if Path(path).is_file() else None
+    proc = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
 
 
 @app.command()

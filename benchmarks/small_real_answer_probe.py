@@ -33,6 +33,7 @@ import logging
 import random
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,16 @@ def questions(p: Params, category: str, n: int, split: str) -> list[tuple[Scene,
     while len(out) < n:
         scene = sample_scene(rng, spec, f"answer-probe-{split}-{len(out)}")
         qa = ask(rng, scene, category, p.data.synth.colors)
-        if qa is not None:
-            out.append((scene, qa))
+        if qa is not None:  # the two answers in a fixed order ("yes", "no"; "left", "right")
+            out.append(
+                (
+                    scene,
+                    replace(
+                        qa,
+                        choices=tuple(sorted(qa.choices[:2], reverse=qa.answer in ("yes", "no"))),
+                    ),
+                )
+            )
     return out
 
 

@@ -41,7 +41,7 @@ from small_real_probe import scene_spec
 
 from msr.config import Params, load_params
 from msr.data.synth.eval_sets import MC, MMBENCH_CATEGORIES
-from msr.data.synth.questions import ask, mc_options
+from msr.data.synth.questions import LetterBalancer, ask, mc_options
 from msr.data.synth.scene import sample_scene
 from msr.data.templates import Template
 from msr.data.tokenize import IGNORE_INDEX, encode
@@ -104,13 +104,13 @@ def score(llm: Any, tokenizer: Any, template: Template, bench: Benchmark) -> dic
 
 def prompts(p: Params, rng: random.Random, n: int) -> list[tuple[str, str]]:
     """`n` (question with its fact line, gold letter) about fresh scenes, in evaluation's format."""
-    spec, out = scene_spec(p), []
+    spec, out, letters = scene_spec(p), [], LetterBalancer(rng)
     while len(out) < n:
         scene = sample_scene(rng, spec, f"letters-{len(out)}")
         qa = ask(rng, scene, rng.choice(MMBENCH_CATEGORIES), p.data.synth.colors)
         if qa is None or len(qa.choices) < 2:
             continue
-        options, letter = mc_options(qa)
+        options, letter = mc_options(qa, letters.order(qa))
         out.append((fact(qa.answer) + qa.question + options + MC, letter))
     return out
 

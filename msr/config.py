@@ -58,11 +58,23 @@ class Synth(Section):
     kinds: list[Literal["circle", "square", "triangle", "star"]] = Field(min_length=1)
     colors: list[str] = Field(min_length=2)
     backgrounds: list[str] = Field(min_length=1)
+    min_objects: int = Field(1, gt=0)  # shapes per training scene: min_objects..max_objects
     max_objects: int = Field(3, gt=0)
+    # shapes per evaluation scene (min, max); null: as training. Local attribute and counting are
+    # asked only where another shape differs in the asked property, so several shapes are needed
+    eval_objects: tuple[int, int] | None = None
+    # the evaluation sets' own random streams (scenes and questions): a variant of the training
+    # data (turns, categories, sizes) is scored on the same questions
+    eval_seed: int = 0
+    gqa_pairs: int = Field(
+        20, gt=0
+    )  # synth GQA: minimal pairs per paired type (single questions per other type)
     glyph_size: int = Field(56, ge=0)  # font size in pixels; 0 draws no glyphs
     glyph_prob: float = Field(0.5, ge=0, le=1)
     mc_prob: float = Field(0.25, ge=0, le=1)  # share of training questions asked as multiple choice
     ocr_prob: float = Field(0.5, ge=0, le=1)  # share of glyph questions with an OCR-token line
+    # share of multiple-choice questions with a hint line before the question, training and eval
+    hint_prob: float = Field(0.2, ge=0, le=1)
 
     @model_validator(mode="after")
     def _known_colors(self) -> Synth:
@@ -77,6 +89,15 @@ class Synth(Section):
             )
         if not 1 <= self.turns[0] <= self.turns[1]:
             raise ValueError(f"turns={list(self.turns)} must be (min, max) with 1 ≤ min ≤ max")
+        if self.min_objects > self.max_objects:
+            raise ValueError(
+                f"min_objects={self.min_objects} > max_objects={self.max_objects}: "
+                "a scene has min_objects..max_objects shapes"
+            )
+        if self.eval_objects is not None and not 1 <= self.eval_objects[0] <= self.eval_objects[1]:
+            raise ValueError(
+                f"eval_objects={list(self.eval_objects)} must be (min, max) with 1 ≤ min ≤ max"
+            )
         from msr.data.synth.generate import CAPTION_CATEGORIES
 
         for key in ("text_mc", "text_qa"):

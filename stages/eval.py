@@ -12,9 +12,10 @@ from msr.eval.answers import answer_records, answer_spread, read_answers, write_
 from msr.eval.benchmarks import make_benchmark
 from msr.eval.benchmarks.custom import Custom
 from msr.eval.generate import GenerationArgs, Generator, ResponseCache
+from msr.eval.stats import interval
 from msr.models.mllm import MLLM
 from msr.report.eval import render, summarize
-from msr.utils.io import write_report
+from msr.utils.io import atomic_write_json, write_report
 from msr.utils.precision import check_bf16_speed
 from stages.features import distributed_rank, encode_device
 
@@ -94,12 +95,15 @@ def _run(
         write_answers(out / name / "answers.jsonl", records)
         bench.write_answers(out / name, questions, records)
         scored = read_answers(out / name / "answers.jsonl", questions, loaded.fingerprint)
+        units = bench.items(questions, scored)
         results[name] = {
             "n": len(questions),
             "main": bench.main,
             "metrics": bench.metrics(questions, scored),
+            "interval": unit_interval(units),
             "categories": bench.per_category(questions, scored),
             "answers": answer_spread(scored.values(), (q.gold for q in questions)),
+            "items": units,
         }
         log.info("%s: %s", name, {k: round(v, 2) for k, v in results[name]["metrics"].items()})
     memo = generator.memo
@@ -107,10 +111,23 @@ def _run(
              memo.hits + memo.misses, rank)  # fmt: skip
     if rank != 0:
         return None
-    summary = summarize(results, params, loaded.fingerprint)
+    items = {n: r.pop("items") for n, r in results.items()}
+    summary = summarize(results, params, loaded.fingerprint, items)
     reports = Path(params.paths.reports)
     write_report(reports / "eval", summary, render(summary))
+    # every scored unit, for paired tests between runs (`msr compare`): a file of its own, not a
+    # metric, so `dvc exp show` does not list a column per question
+    atomic_write_json(reports / "eval_items.json", {"fingerprint": loaded.fingerprint, **items})
     return summary
+
+
+def unit_interval(units: dict[str, Any]) -> dict[str, Any]:
+    """The mean of a benchmark's scored units in percent with its 95 % interval."""
+    scores = units["scores"]
+    lo, hi = interval(scores)
+    value = 100 * sum(scores) / len(scores) if scores else 0.0
+    return {"metric": units["metric"], "n": len(scores), "value": value,
+            "lo": 100 * lo, "hi": 100 * hi}  # fmt: skip
 
 
 def share(n: int, batch_size: int, rank: int, world: int) -> list[int]:

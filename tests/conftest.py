@@ -48,7 +48,9 @@ def tiny_params(root: Path, **sections: dict) -> Params:
         shard_mb=1,
         encode_batch=8,
     )
-    raw["data"]["synth"].update(pretrain_images=10, instruct_images=14, text_only=3, eval_images=8)
+    raw["data"]["synth"].update(
+        pretrain_images=10, instruct_images=14, text_only=3, eval_images=8, gqa_pairs=3
+    )
     raw["vision"]["model"], raw["llm"]["model"] = f"{models}/vision", f"{models}/llm"
     for key, value in sections.items():
         raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) else value

@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from msr.report.compare import CompareError, compare, from_exp_show, render_csv, render_markdown
+from msr.report.compare import (
+    CompareError,
+    Experiment,
+    compare,
+    from_exp_show,
+    render_csv,
+    render_markdown,
+)
 
 
 def entry(name: str, projector: str, options: dict[str, Any], scores: dict[str, float],
@@ -62,3 +69,57 @@ def test_unknown_baseline_and_nothing_to_compare() -> None:
         compare(from_exp_show(exp_show()), "nope")
     with pytest.raises(CompareError, match="no experiment with evaluation metrics"):
         compare([], None)
+
+
+def _items(scores: list[float], topic: str = "exist") -> dict[str, Any]:
+    n = len(scores)
+    return {"gqa": {"metric": "acc", "keys": [str(i) for i in range(n)], "scores": scores,
+                    "topics": [topic] * n, "pairs": [None] * n}}  # fmt: skip
+
+
+def _exp(name: str, scores: list[float], seed: int = 0, keys_shift: int = 0) -> Experiment:
+    acc = 100 * sum(scores) / len(scores)
+    params = {"paths": {"reports": "reports"}, "finetune": {"seed": seed},
+              "projector": {"name": "ms_resampler", "num_queries": 36, "options": {}}}  # fmt: skip
+    items = _items(scores)
+    items["gqa"]["keys"] = [str(i + keys_shift) for i in range(len(scores))]
+    ev = {"headline": {"gqa": acc}, "categories": {},
+          "intervals": {"gqa": {"metric": "acc", "n": len(scores), "value": acc, "lo": acc - 5,
+                                "hi": acc + 5}}}  # fmt: skip
+    return Experiment(name, params, ev, None, name, items)
+
+
+def test_paired_tests_mark_a_real_difference_and_not_a_noisy_one() -> None:
+    base = [1.0] * 150 + [0.0] * 150
+    better = [1.0] * 150 + [1.0] * 40 + [0.0] * 110  # +40 questions, none lost
+    noisy = [0.0] * 10 + [1.0] * 140 + [1.0] * 12 + [0.0] * 138  # −10, +12
+    result = compare([_exp("base", base), _exp("better", better, seed=1),
+                      _exp("noisy", noisy, seed=2)], "base")  # fmt: skip
+    rows = {r["experiment"]: r for r in result["rows"]}
+    assert rows["better"]["paired"]["gqa"]["significant"]
+    assert rows["better"]["paired"]["gqa"]["test"] == "mcnemar"
+    assert rows["better"]["paired"]["gqa"]["categories"]["exist"]["significant"]
+    assert not rows["noisy"]["paired"]["gqa"]["significant"]
+    text = render_markdown(result)
+    assert "63.3 [58.3, 68.3] ↑" in text  # better: interval and arrow
+    assert "| noisy | `ms_resampler` | 36 | 50.7 [45.7, 55.7] |" in text  # no arrow: no difference
+    assert "## Paired tests against `base`" in text
+
+
+def test_runs_on_other_questions_are_not_paired() -> None:
+    result = compare([_exp("base", [1.0, 0.0] * 50), _exp("other", [1.0] * 100, keys_shift=7)])
+    rows = {r["experiment"]: r for r in result["rows"]}
+    assert rows["other"]["paired"]["gqa"] == {"note": "different questions: not paired"}
+
+
+def test_experiments_that_differ_only_in_seeds_are_grouped() -> None:
+    runs = [_exp("s0", [1.0] * 60 + [0.0] * 40), _exp("s1", [1.0] * 70 + [0.0] * 30, seed=1)]
+    other = _exp("k2", [1.0] * 50 + [0.0] * 50)
+    other.params["projector"]["num_queries"] = 64
+    result = compare([*runs, other], "s0")
+    (group,) = result["seed_groups"]
+    assert group["experiments"] == ["s0", "s1"] and group["seeds"] == ["finetune.seed"]
+    g = group["scores"]["gqa"]
+    assert g["mean"] == pytest.approx(65.0) and g["sd"] == pytest.approx(7.0710678)
+    assert g["pooled_lo"] < 65.0 < g["pooled_hi"] and g["runs"] == 2
+    assert "65.0 ± 7.1" in render_markdown(result)

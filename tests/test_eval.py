@@ -166,7 +166,19 @@ def test_eval_stage_writes_answers_and_reports(trained: Params, tmp_path: Path) 
     metrics = json.loads((Path(trained.paths.reports) / "eval.json").read_text())
     assert "adversarial/f1" in metrics["benchmarks"]["synth_pope"] and metrics["avg"] is None
     md = (Path(trained.paths.reports) / "eval.md").read_text()
-    assert "| this run | `ms_resampler` | 36 |" in md and "majority baseline" in md
+    assert "| this run | `ms_resampler` | 36 |" in md and "| majority | question-blind |" in md
+    assert "## 95 % intervals" in md
+    items = json.loads((Path(trained.paths.reports) / "eval_items.json").read_text())
+    for name in trained.eval.synth:  # an interval for every set, from the units behind it
+        iv, units = metrics["intervals"][name], items[name]
+        assert iv["lo"] <= iv["value"] <= iv["hi"] and iv["n"] == len(units["scores"])
+        assert iv["value"] == pytest.approx(100 * sum(units["scores"]) / len(units["scores"]))
+        for cat in metrics["categories"].get(name, {}).values():
+            assert cat["lo"] <= cat["acc"] <= cat["hi"]
+    paired = {t: v for t, v in metrics["categories"]["synth_gqa"].items() if "pairs" in v}
+    assert paired  # the first 12 questions (eval.limit) hold pairs of some types
+    for v in paired.values():  # minimal pairs: a question-blind policy gets at most half
+        assert v["blind"] <= 50.0 and 0 <= v["pair_lo"] <= v["pair_acc"] <= v["pair_hi"]
     assert "## Answer spread" in md
     for name in trained.eval.synth:  # the spread is of this run's own answers
         lines = (Path(trained.paths.eval) / name / "answers.jsonl").read_text().splitlines()
@@ -205,7 +217,15 @@ def test_predict_cli(trained: Params, tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    assert result.output.strip()
+    from msr.eval.benchmarks import ImageRef, Question
+    from msr.eval.generate import GenerationArgs, Generator
+    from msr.models.mllm import MLLM
+
+    q = "What color is the background?"
+    loaded = MLLM.from_pretrained(Path(trained.paths.finetune), dtype=trained.eval.dtype)
+    gen = Generator(loaded, GenerationArgs(max_new_tokens=trained.eval.max_new_tokens))
+    expected = gen.answer([Question("q", "q", q, q, ImageRef(image))], batch_size=1)[0]
+    assert result.stdout.strip() == expected.strip()  # the model's answer (a tiny one may be "")
     missing = CliRunner().invoke(
         app, ["predict", "--params", str(params_file), "--image", "nope.jpg", "--question", "q"]
     )

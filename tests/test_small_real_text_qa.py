@@ -27,8 +27,9 @@ def test_the_scene_line_answers_each_question() -> None:
         assert colour and question.endswith(SHORT)
         named = re.search(rf"\b({sizes}) {colour[1]} \w+", scene) is not None
         assert gold == ("yes" if named else "no")
-    for scene, _, gold in qs["counting"]:
-        assert int(gold) == len(re.findall(rf"\b({sizes}) \w+ \w+", scene))
+    for scene, question, gold in qs["counting"]:
+        kind = re.match(r"How many (\w+)s are there", question)
+        assert kind and int(gold) == len(re.findall(rf"\b({sizes}) \w+ {kind[1]}\b", scene))
     for scene, _, gold in qs["global"]:
         assert f"on a {gold} background" in scene
     assert {g for _, _, g in qs["existence"]} == {"yes", "no"}
@@ -41,7 +42,8 @@ def test_training_prompts_answer_as_the_conversations_do() -> None:
         assert text.startswith("Scene: ") and text.endswith(SHORT)
         assert answer[:1].isupper() or answer[:1].isdigit()  # capitalised, as training says it
     asked = {q.split("\n")[1] for q, _ in rows}
-    assert any(q.startswith("Is there") for q in asked) and "How many shapes are there?" in asked
+    assert any(q.startswith("Is there") for q in asked)
+    assert any(q.startswith("How many") for q in asked)
 
 
 def _row(acc: float) -> dict:

@@ -12,7 +12,7 @@ import pytest
 
 from msr.config import Params
 from msr.data.llava import read_llava_json
-from msr.data.synth.questions import CATEGORIES, QA, ask, caption
+from msr.data.synth.questions import CATEGORIES, QA, TYPES, Vocab, ask_type, caption
 from msr.data.synth.scene import SceneSpec, render, sample_scene
 from stages import synth
 from tests.conftest import tiny_params
@@ -163,29 +163,46 @@ def test_every_category_is_generated(tiny_workspace: Params) -> None:
 def test_answers_follow_from_the_scene() -> None:
     rng = random.Random(0)
     spec = SceneSpec(
-        ("circle", "square", "triangle"), ("red", "green", "blue"), ("gray",), 3, 56, 1.0
-    )
-    for i in range(50):
+        ("circle", "square", "triangle", "star"), ("red", "green", "blue", "white"), ("gray", "white"),
+        6, 56, 1.0, min_objects=2,
+    )  # fmt: skip
+    vocab = Vocab(spec.colors, spec.backgrounds)
+    seen = Counter[str]()
+    for i in range(200):
         scene = sample_scene(rng, spec, f"s{i}")
-        qa = ask(rng, scene, "counting", spec.colors)
-        assert qa is not None and qa.answer == str(len(scene.shapes))
-        glyph = ask(rng, scene, "glyph", spec.colors)
-        if scene.glyph is not None:
-            assert glyph is not None and glyph.answer == scene.glyph.char.lower()
-        exist = ask(rng, scene, "existence", spec.colors)
-        if exist is not None:
-            color = exist.question.split()[3]
-            assert exist.answer == ("yes" if color in scene.colors else "no")
+        for qtype in TYPES:
+            for qa in ask_type(rng, scene, qtype, vocab):
+                seen[qtype] += 1
+                words = qa.question.rstrip("?").split()
+                if qtype == "count":
+                    kind = words[2].removesuffix("s")
+                    assert qa.answer == str(sum(s.kind == kind for s in scene.shapes))
+                elif qtype == "attribute":
+                    (shape,) = [s for s in scene.shapes if s.kind == words[-1]]
+                    assert qa.answer == shape.color
+                elif qtype in ("exist", "exist_decoy"):
+                    assert qa.answer == ("yes" if words[3] in scene.colors else "no")
+                elif qtype == "side":
+                    (shape,) = [s for s in scene.shapes if s.kind == words[-2]]
+                    assert qa.answer == ("left" if shape.cx < 112 else "right")
+                elif qtype == "glyph":
+                    assert scene.glyph is not None and qa.answer == scene.glyph.char.lower()
+                elif qtype == "background":
+                    assert qa.answer == scene.background
+                assert qa.answer in qa.choices and TYPES[qa.type] == qa.category
         assert f"on a {scene.background} background" in caption(scene)
         img = render(scene)
         assert img.size == (336, 336) and img.getpixel((0, 0)) is not None
+    assert set(seen) == set(TYPES)  # every type occurs
 
 
 def test_a_category_listed_three_times_is_asked_about_more_often(tmp_path: Path) -> None:
     from msr.data.synth.generate import _instruct_record
 
     base = tiny_params(tmp_path).data.synth
-    spec = SceneSpec(tuple(base.kinds), tuple(base.colors), tuple(base.backgrounds), 3, 0, 0.0)
+    spec = SceneSpec(
+        tuple(base.kinds), tuple(base.colors), tuple(base.backgrounds), 6, 0, 0.0, min_objects=2
+    )
     scenes = [sample_scene(random.Random(i), spec, f"s{i}") for i in range(400)]
     once = ["global", "local_attribute", "existence", "counting"]
     thrice = ["global", "local_attribute", "existence", "existence", "existence", "counting"]

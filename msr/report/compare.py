@@ -9,6 +9,13 @@ Avg. follows the paper: the mean over benchmarks of score / baseline score, in p
 baseline experiment the user names (LLaVA-1.5's MLP in the paper), over the benchmarks both have
 with a baseline score above 0. The synthetic sets add a per-category table: accuracy minus the
 majority-answer baseline of that category.
+
+Uncertainty: every score carries its 95 % interval (from eval.json), Avg. a bootstrap interval.
+Where two experiments answered the same questions (their `eval_items.json` lists the same units),
+each experiment is tested against the baseline, paired: McNemar's exact test for right/wrong units,
+a paired bootstrap otherwise, with the difference's 95 % interval; a difference is marked only when
+p < 0.05. Experiments whose params differ only in seeds form a group: mean ± sd over seeds and
+the interval of the pooled units.
 """
 
 from __future__ import annotations
@@ -16,12 +23,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from msr.eval.stats import avg_interval, interval, paired
 from msr.report.markdown import table
 from msr.utils.io import atomic_save_figure
+
+ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,8 @@ class Experiment:
     params: dict[str, Any]  # params.yaml as a mapping
     eval: dict[str, Any] | None  # reports/eval.json
     profile: dict[str, Any] | None  # reports/profile.json
+    rev: str | None = None  # the git revision its files are read from ("workspace": the disk)
+    items: dict[str, Any] | None = field(default=None, compare=False)  # reports/eval_items.json
 
     @property
     def projector(self) -> str:
@@ -56,7 +70,7 @@ def from_exp_show(rows: list[dict[str, Any]]) -> list[Experiment]:
     their experiments, in that order; entries without eval metrics are left out."""
     found: list[Experiment] = []
 
-    def add(entry: dict[str, Any], name: str) -> None:
+    def add(entry: dict[str, Any], name: str, rev: str | None = None) -> None:
         data = entry.get("data") or {}
         params = (data.get("params") or {}).get("params.yaml", {}).get("data")
         if not params:
@@ -66,16 +80,16 @@ def from_exp_show(rows: list[dict[str, Any]]) -> list[Experiment]:
         ev = (metrics.get(f"{reports}/eval.json") or {}).get("data")
         prof = (metrics.get(f"{reports}/profile.json") or {}).get("data")
         if ev:
-            found.append(Experiment(name, params, ev, prof))
+            found.append(Experiment(name, params, ev, prof, rev or str(entry.get("rev", "?"))))
 
     for row in rows:
         rev = str(row.get("rev", "?"))
-        add(row, row.get("name") or (rev if rev == "workspace" else rev[:7]))
+        add(row, row.get("name") or (rev if rev == "workspace" else rev[:7]), rev)
         for exp in row.get("experiments") or []:
             if (exp.get("executor") or {}).get("state") in ("queued", "running", "failed"):
                 continue  # not run (yet): DVC shows the base commit's metrics for it
-            for rev in exp.get("revs") or []:
-                add(rev, rev.get("name") or exp.get("name") or str(rev.get("rev", "?"))[:7])
+            for r in exp.get("revs") or []:
+                add(r, r.get("name") or exp.get("name") or str(r.get("rev", "?"))[:7])
     names = [e.name for e in found]
     found = [e for i, e in enumerate(found) if e.name not in names[:i]]  # first of each name
     if found and found[0].name == "workspace" and any(_same(found[0], e) for e in found[1:]):
@@ -85,6 +99,98 @@ def from_exp_show(rows: list[dict[str, Any]]) -> list[Experiment]:
 
 def _same(a: Experiment, b: Experiment) -> bool:
     return a.params == b.params and a.eval == b.eval
+
+
+def attach_items(
+    experiments: list[Experiment], read: Callable[[str, str], str | None]
+) -> list[Experiment]:
+    """Each experiment with its scored units: `read(rev, path)` gives the text of
+    `<paths.reports>/eval_items.json` at that revision, or None (then no paired test for it)."""
+    out = []
+    for e in experiments:
+        reports = e.params.get("paths", {}).get("reports", "reports")
+        text = read(e.rev or "workspace", f"{reports}/eval_items.json")
+        try:
+            items = json.loads(text) if text else None
+        except json.JSONDecodeError:
+            items = None
+        out.append(replace(e, items=items if isinstance(items, dict) else None))
+    return out
+
+
+def seed_keys(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every params key path that names a seed of a run (`*.seed`; not `eval_seed`, which picks
+    the questions), with its value."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= seed_keys(v, f"{path}.")
+        elif k == "seed":
+            out[path] = v
+    return out
+
+
+def _without_seeds(params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: _without_seeds(v) if isinstance(v, dict) else v for k, v in params.items() if k != "seed"
+    }
+
+
+def seed_groups(experiments: list[Experiment]) -> list[list[Experiment]]:
+    """Experiments whose params differ only in seeds, grouped (groups of two or more)."""
+    groups: dict[str, list[Experiment]] = {}
+    for e in experiments:
+        groups.setdefault(json.dumps(_without_seeds(e.params), sort_keys=True), []).append(e)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _units(e: Experiment, bench: str) -> dict[str, Any] | None:
+    u = (e.items or {}).get(bench)
+    return u if isinstance(u, dict) and "scores" in u else None
+
+
+def paired_tests(e: Experiment, base: Experiment) -> dict[str, Any]:
+    """`e` against `base` per benchmark and per category, where both scored the same units."""
+    out: dict[str, Any] = {}
+    for bench in e.items or {}:
+        a, b = _units(base, bench), _units(e, bench)
+        if a is None or b is None:
+            continue
+        if a["keys"] != b["keys"]:
+            out[bench] = {"note": "different questions: not paired"}
+            continue
+        test = paired(a["scores"], b["scores"])
+        entry: dict[str, Any] = {**test, "significant": test["p"] < ALPHA, "categories": {}}
+        topics = b.get("topics") or []
+        for cat in dict.fromkeys(t for t in topics if t is not None):
+            idx = [i for i, t in enumerate(topics) if t == cat]
+            t = paired([a["scores"][i] for i in idx], [b["scores"][i] for i in idx])
+            entry["categories"][cat] = {**t, "significant": t["p"] < ALPHA}
+        out[bench] = entry
+    return out
+
+
+def group_summary(group: list[Experiment]) -> dict[str, Any]:
+    """mean ± sd over seeds of each headline score, and the 95 % interval of the pooled units."""
+    benches = list(dict.fromkeys(b for e in group for b in (e.eval or {}).get("headline", {})))
+    scores: dict[str, Any] = {}
+    for b in benches:
+        values = [(e.eval or {}).get("headline", {}).get(b) for e in group]
+        values = [v for v in values if v is not None]
+        units = [u for e in group if (u := _units(e, b)) is not None]
+        pooled = [x for u in units for x in u["scores"]]
+        lo, hi = interval(pooled) if pooled and len(units) == len(group) else (None, None)
+        scores[b] = {
+            "mean": statistics.mean(values) if values else None,
+            "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "runs": len(values),
+            "pooled_lo": None if lo is None else 100 * lo,
+            "pooled_hi": None if hi is None else 100 * hi,
+        }
+    varying = sorted({k for e in group for k, v in seed_keys(e.params).items()
+                      if len({json.dumps(seed_keys(x.params).get(k)) for x in group}) > 1})  # fmt: skip
+    return {"experiments": [e.name for e in group], "seeds": varying, "scores": scores}
 
 
 def compare(experiments: list[Experiment], baseline: str | None = None) -> dict[str, Any]:
@@ -123,6 +229,13 @@ def compare(experiments: list[Experiment], baseline: str | None = None) -> dict[
             if head.get(b) is not None and ref.get(b) not in (None, 0)
         ]
         prof = e.profile or {}
+        units = {b: u["scores"] for b in benchmarks if (u := _units(e, b)) is not None}
+        ratio_of = {
+            b: head[b] / ref[b]
+            for b in benchmarks
+            if head.get(b) is not None and ref.get(b) not in (None, 0)
+        }
+        avg_ci = avg_interval(ratio_of, units) if ratio_of else None
         rows.append(
             {
                 "experiment": e.name,
@@ -131,6 +244,12 @@ def compare(experiments: list[Experiment], baseline: str | None = None) -> dict[
                 "options": {k: e.options[k] for k in differing if k in e.options},
                 "scores": {b: head.get(b) for b in benchmarks},
                 "avg": 100 * sum(ratios) / len(ratios) if ratios else None,
+                "avg_interval": None if avg_ci is None else list(avg_ci),
+                "intervals": {
+                    b: [v["lo"], v["hi"]]
+                    for b, v in ((e.eval or {}).get("intervals") or {}).items()
+                },
+                "paired": paired_tests(e, base) if e is not base else {},
                 "projector_macs": prof.get("projector_macs"),
                 "projector_params": (prof.get("params") or {}).get("projector"),
                 "categories": _categories(e),
@@ -142,7 +261,14 @@ def compare(experiments: list[Experiment], baseline: str | None = None) -> dict[
         return r["experiment"] != base_name, -int(r["M"] or 0), r["projector"], r["experiment"]
 
     rows.sort(key=order)
-    return {"baseline": base_name, "benchmarks": benchmarks, "options": differing, "rows": rows}
+    groups = [group_summary(g) for g in seed_groups(experiments)]
+    return {
+        "baseline": base_name,
+        "benchmarks": benchmarks,
+        "options": differing,
+        "rows": rows,
+        "seed_groups": groups,
+    }
 
 
 def _categories(e: Experiment) -> dict[str, float]:
@@ -163,6 +289,21 @@ def _macs(v: Any) -> str:
     return "–" if v is None else f"{v / 1e6:.2f} M" if v < 1e9 else f"{v / 1e9:.2f} G"
 
 
+def _cell(r: dict[str, Any], b: str) -> str:
+    """A score, its 95 % interval, and ↑/↓ where it differs from the baseline's (paired, p < 0.05)."""
+    v = r["scores"][b]
+    if v is None:
+        return "–"
+    text = _num(v)
+    if b in r.get("intervals", {}):
+        lo, hi = r["intervals"][b]
+        text += f" [{lo:.1f}, {hi:.1f}]"
+    test = r.get("paired", {}).get(b) or {}
+    if test.get("significant"):
+        text += " ↑" if test["diff"] > 0 else " ↓"
+    return text
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     rows, benches, opts = result["rows"], result["benchmarks"], result["options"]
     head = ["experiment", "projector", "M", *opts, *benches, "Avg.", "proj. MACs", "proj. params"]
@@ -172,8 +313,13 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"`{r['projector']}`",
             _num(r["M"]),
             *[json.dumps(r["options"][k]) if k in r["options"] else "–" for k in opts],
-            *[_num(r["scores"][b]) for b in benches],
-            _num(r["avg"]),
+            *[_cell(r, b) for b in benches],
+            _num(r["avg"])
+            + (
+                f" [{r['avg_interval'][0]:.1f}, {r['avg_interval'][1]:.1f}]"
+                if r.get("avg_interval")
+                else ""
+            ),
             _macs(r["projector_macs"]),
             _num(r["projector_params"]),
         ]
@@ -183,10 +329,79 @@ def render_markdown(result: dict[str, Any]) -> str:
         "# Experiments compared",
         "",
         f"Avg. = mean over benchmarks of score / score of `{result['baseline']}`, in percent (the "
-        "paper's definition). MACs: pure multiply-accumulates of one image through the projector.",
+        "paper's definition). MACs: pure multiply-accumulates of one image through the projector. "
+        "Brackets: 95 % intervals. ↑/↓: differs from the baseline in a paired test on the same "
+        "questions (p < 0.05); no arrow is no difference found, not a tie.",
         "",
         table(head, body),
     ]
+    tests = [
+        [r["experiment"], b, f"{100 * t['diff']:+.1f}", f"[{100 * t['lo']:+.1f}, {100 * t['hi']:+.1f}]",
+         f"{t['p']:.3g}", t["test"], t["n"], "yes" if t["significant"] else "no"]
+        for r in rows
+        for b, t in r.get("paired", {}).items()
+        if "diff" in t
+    ]  # fmt: skip
+    if tests:
+        lines += [
+            "",
+            f"## Paired tests against `{result['baseline']}` (same questions)",
+            "",
+            "Δ = this experiment − the baseline, in points of the set's unit score (MMBench: "
+            "circular questions); interval by paired bootstrap over units.",
+            "",
+            table(
+                ["experiment", "set", "Δ", "95 % interval", "p", "test", "units", "significant"],
+                tests,
+                "llrlrlrl",
+            ),
+        ]
+    cat_tests = [
+        [r["experiment"], f"{b}/{c}", f"{100 * t['diff']:+.1f}",
+         f"[{100 * t['lo']:+.1f}, {100 * t['hi']:+.1f}]", f"{t['p']:.3g}", t["n"],
+         "yes" if t["significant"] else "no"]
+        for r in rows
+        for b, bt in r.get("paired", {}).items()
+        for c, t in (bt.get("categories") or {}).items()
+    ]  # fmt: skip
+    if cat_tests:
+        lines += [
+            "",
+            "### By category",
+            "",
+            table(
+                [
+                    "experiment",
+                    "set/category",
+                    "Δ",
+                    "95 % interval",
+                    "p",
+                    "questions",
+                    "significant",
+                ],
+                cat_tests,
+                "llrlrrl",
+            ),
+        ]
+    groups = result.get("seed_groups") or []
+    if groups:
+        lines += ["", "## Seeds grouped", "",
+                  "Experiments whose params differ only in seeds: mean ± sd over the runs, and "
+                  "the 95 % interval of all their units pooled.", ""]  # fmt: skip
+        gbenches = list(dict.fromkeys(b for g in groups for b in g["scores"]))
+        lines.append(
+            table(
+                ["experiments", "seeds varied", *gbenches],
+                [
+                    [
+                        ", ".join(g["experiments"]),
+                        ", ".join(g["seeds"]) or "–",
+                        *[_group_cell(g["scores"].get(b)) for b in gbenches],
+                    ]
+                    for g in groups
+                ],
+            )
+        )
     cats = list(dict.fromkeys(c for r in rows for c in r["categories"]))
     if cats:
         lines += [
@@ -199,6 +414,15 @@ def render_markdown(result: dict[str, Any]) -> str:
             ),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _group_cell(v: dict[str, Any] | None) -> str:
+    if not v or v["mean"] is None:
+        return "–"
+    text = f"{v['mean']:.1f}" + (f" ± {v['sd']:.1f}" if v["sd"] is not None else "")
+    if v["pooled_lo"] is not None:
+        text += f" [{v['pooled_lo']:.1f}, {v['pooled_hi']:.1f}]"
+    return f"{text} (n={v['runs']})"
 
 
 def render_csv(result: dict[str, Any]) -> str:

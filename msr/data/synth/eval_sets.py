@@ -1,5 +1,9 @@
 """Writers of the synthetic evaluation sets, each in the file layout of the real benchmark it mimics
-(see the LLaVA-1.5 evaluation files): TextVQA, POPE, MMBench (TSV, circular) and GQA."""
+(see the LLaVA-1.5 evaluation files): TextVQA, POPE, MMBench (TSV, circular) and GQA.
+
+synth GQA is the measuring set: every type with a content word is asked as a minimal pair on the
+same image (`msr.data.synth.questions`), each pair named in the official json (`pair`), so a score
+can be read per question, per pair, and against what a question-blind policy reaches."""
 
 from __future__ import annotations
 
@@ -16,15 +20,22 @@ from typing import Any
 
 from PIL import Image
 
-from msr.data.synth.questions import QA, ask
-from msr.data.synth.scene import GLYPHS, Scene, render
+from msr.data.synth.questions import (
+    QA,
+    LetterBalancer,
+    Vocab,
+    ask_category,
+    ask_type,
+)
+from msr.data.synth.scene import GLYPHS, Scene, SceneSpec, render, sample_scene
 from msr.utils.io import atomic_write_json, atomic_write_text
 
 SHORT = "\nAnswer the question using a single word or phrase."
 MC = "\nAnswer with the option's letter from the given choices directly."
 POPE_SPLITS = {"adversarial": 1, "random": 10_000_001, "popular": 20_000_001}  # first question id
 MMBENCH_CATEGORIES = ("global", "local_attribute", "counting", "spatial")
-GQA_CATEGORIES = ("spatial", "local_attribute", "existence", "global")
+GQA_TYPES = ("background", "attribute", "count", "side", "relation", "exist", "exist_decoy")
+HINT = "The image shows simple shapes on a plain background."
 SaveImage = Callable[[Image.Image, Path], None]
 
 
@@ -98,11 +109,12 @@ def write_pope(
             name = f"COCO_val2014_{n:012d}.jpg"
             if split == "adversarial":
                 save(render(scene), root / "val2014" / name)
-            ordered = [
-                c
-                for c in negatives[split](scene)
-                if c not in scene.colors and c != scene.background
-            ]
+            # a "no" colour is nowhere in the image: a colour only the glyph or the background
+            # has is synth GQA's own type (exist_decoy), never an accident here
+            taken = (
+                scene.colors | {scene.background} | ({scene.glyph.color} if scene.glyph else set())
+            )
+            ordered = [c for c in negatives[split](scene) if c not in taken]
             qas: list[QA] = []
             if scene.colors:  # one present colour, one absent colour per image and split
                 qas.append(
@@ -134,10 +146,16 @@ def write_pope(
 
 
 def write_mmbench(
-    root: Path, scenes: Sequence[Scene], rng: random.Random, palette: Sequence[str]
+    root: Path,
+    scenes: Sequence[Scene],
+    rng: random.Random,
+    vocab: Vocab,
+    hint_prob: float,
 ) -> int:
     """Multiple choice in MMBench's dev TSV layout, with circular copies: copy k of question i has
-    index i + k·1e6 and its options rotated right by k; the image is base64 in the row."""
+    index i + k·1e6 and its options rotated right by k; the image is base64 in the row. Options
+    come from the answer's own vocabulary, the gold's first position is balanced over the letters,
+    and a hint precedes a question as often as in training (`hint_prob`)."""
     header = [
         "index",
         "question",
@@ -155,13 +173,15 @@ def write_mmbench(
         "split",
     ]
     rows = []
+    balancer = LetterBalancer(rng)
     for i, scene in enumerate(scenes):
-        qa = ask(rng, scene, MMBENCH_CATEGORIES[i % len(MMBENCH_CATEGORIES)], palette)
+        qas = ask_category(rng, scene, MMBENCH_CATEGORIES[i % len(MMBENCH_CATEGORIES)], vocab)
+        qa = rng.choice(qas) if qas else None
         if qa is None or len(qa.choices) < 2:
             continue
         image = _b64_jpeg(render(scene))
-        hint = "The image shows simple shapes on a plain background." if i % 5 == 0 else ""
-        options = list(qa.choices)
+        hint = HINT if rng.random() < hint_prob else ""
+        options = list(balancer.order(qa))
         for k in range(len(options)):
             rotated = options[-k:] + options[:-k] if k else options
             letters = "ABCD"[: len(rotated)]
@@ -190,41 +210,85 @@ def write_mmbench(
     return len(rows)
 
 
-def write_gqa(
-    root: Path, scenes: Sequence[Scene], rng: random.Random, palette: Sequence[str], save: SaveImage
-) -> int:
-    """Short answers scored by exact match: LLaVA's question jsonl (question_id a string) and, under
-    data/ as in LLaVA's layout, the official testdev_balanced_questions.json (qid -> question,
-    answer, imageId, isBalanced, types) and the images."""
-    questions, official = [], {}
-    for i, scene in enumerate(scenes):
-        qa = ask(rng, scene, GQA_CATEGORIES[i % len(GQA_CATEGORIES)], palette)
-        if qa is None:
+GQAItem = tuple[Scene, list[tuple[QA, bool]]]  # a scene and its questions (paired or not)
+
+
+def draw_gqa(
+    stream: str, spec: SceneSpec, vocab: Vocab, per_type: int, max_scenes: int | None = None
+) -> list[GQAItem]:
+    """Scenes and their questions until every type of GQA_TYPES has `per_type` units (a minimal
+    pair, or one question for an unpaired type). Scenes come from `stream` and each scene's
+    questions from a stream of its own, so the set depends on nothing but its arguments. Each
+    scene is asked every type it supports that still needs units."""
+    max_scenes = max_scenes or 100 * per_type
+    scene_rng = random.Random(stream)
+    units = dict.fromkeys(GQA_TYPES, 0)
+    items: list[GQAItem] = []
+    for n in range(max_scenes):
+        if all(v >= per_type for v in units.values()):
+            return items
+        scene = sample_scene(scene_rng, spec, f"gqa-{n:09d}")
+        if len(scene.shapes) < spec.min_objects:
             continue
+        rng = random.Random(f"{stream}/questions/{n}")
+        asked: list[tuple[QA, bool]] = []
+        for qtype in GQA_TYPES:
+            if units[qtype] >= per_type:
+                continue
+            qas = ask_type(rng, scene, qtype, vocab)
+            if qas:
+                units[qtype] += 1
+                asked += [(qa, len(qas) == 2) for qa in qas]
+        if asked:
+            items.append((scene, asked))
+    short = {t: f"{v}/{per_type}" for t, v in units.items() if v < per_type}
+    raise ValueError(
+        f"synth GQA: {max_scenes} scenes gave too few questions of {short}; these scenes "
+        f"({spec.min_objects}–{spec.max_objects} shapes of {', '.join(spec.kinds)}) rarely support "
+        "them: allow more shapes or kinds (eval_objects, kinds) or lower gqa_pairs"
+    )
+
+
+def write_gqa(root: Path, items: Sequence[GQAItem], save: SaveImage) -> dict[str, Any]:
+    """Short answers scored by exact match: LLaVA's question jsonl (question_id a string; category
+    the question type) and, under data/ as in LLaVA's layout, the official
+    testdev_balanced_questions.json (qid -> question, answer, imageId, isBalanced, types) with
+    msr's `pair` (the minimal pair a question belongs to, or null) and the images."""
+    questions: list[dict[str, Any]] = []
+    official: dict[str, dict[str, Any]] = {}
+    for i, (scene, asked) in enumerate(items):
         image_id = f"n{100000 + i}"
         save(render(scene), root / "data" / "images" / f"{image_id}.jpg")
-        qid = str(20_000_000 + i)
-        questions.append(
-            {
-                "question_id": qid,
-                "image": f"{image_id}.jpg",
-                "text": qa.question + SHORT,
-                "category": qa.category,
+        for qa, paired in asked:
+            qid = str(20_000_000 + len(questions))
+            questions.append(
+                {
+                    "question_id": qid,
+                    "image": f"{image_id}.jpg",
+                    "text": qa.question + SHORT,
+                    "category": qa.type,
+                }
+            )
+            official[qid] = {
+                "question": qa.question,
+                "answer": qa.answer,
+                "fullAnswer": qa.answer,
+                "imageId": image_id,
+                "isBalanced": True,
+                "types": {"structural": "query", "semantic": qa.category, "detailed": qa.type},
+                "semantic": [],
+                "groups": {"global": None, "local": None},
+                "pair": f"{image_id}/{qa.type}" if paired else None,
             }
-        )
-        official[qid] = {
-            "question": qa.question,
-            "answer": qa.answer,
-            "fullAnswer": qa.answer,
-            "imageId": image_id,
-            "isBalanced": True,
-            "types": {"structural": "query", "semantic": qa.category, "detailed": qa.category},
-            "semantic": [],
-            "groups": {"global": None, "local": None},
-        }
     atomic_write_text(root / "llava_gqa_testdev_balanced.jsonl", _jsonl(questions))
     atomic_write_json(root / "data" / "testdev_balanced_questions.json", official)
-    return len(questions)
+    by_type = Counter(q["category"] for q in questions)
+    pairs = Counter(e["types"]["detailed"] for e in official.values() if e["pair"])
+    return {
+        "questions": len(questions),
+        "images": len(items),
+        "by_type": {t: {"questions": by_type[t], "pairs": pairs[t] // 2} for t in GQA_TYPES},
+    }
 
 
 def _b64_jpeg(img: Image.Image) -> str:

@@ -20,7 +20,16 @@ from PIL import Image
 
 from msr.config import Synth
 from msr.data.synth import eval_sets
-from msr.data.synth.questions import QA, ask, caption, display, mc_options
+from msr.data.synth.questions import (
+    QA,
+    LetterBalancer,
+    Vocab,
+    ask,
+    ask_category,
+    caption,
+    display,
+    mc_options,
+)
 from msr.data.synth.scene import Scene, SceneSpec, render, sample_scene
 from msr.utils.io import atomic_write, atomic_write_json
 
@@ -54,55 +63,73 @@ def _signature(scene: Scene) -> tuple[Any, ...]:
     return scene.background, shapes, glyph
 
 
-def _pool(
-    cfg: Synth, name: str, n: int, spec: SceneSpec, exclude: set[tuple[Any, ...]]
-) -> list[Scene]:
-    """n scenes from a named random stream; any scene identical to one in `exclude` is redrawn."""
-    rng = random.Random(f"{cfg.seed}/{name}")
+def _pool(stream: str, n: int, spec: SceneSpec, exclude: set[tuple[Any, ...]]) -> list[Scene]:
+    """n scenes of min_objects or more shapes from a named random stream; any scene identical to
+    one in `exclude` is redrawn."""
+    rng = random.Random(stream)
+    name = stream.rsplit("/", 1)[-1]
     out: list[Scene] = []
     while len(out) < n:
         scene = sample_scene(rng, spec, f"{name}-{len(out):09d}")
-        if _signature(scene) in exclude or not scene.shapes:
+        if _signature(scene) in exclude or len(scene.shapes) < max(1, spec.min_objects):
             continue
         out.append(scene)
     return out
 
 
+class _Phraser:
+    """How the training mix phrases a question: short answer, or multiple choice (letter answer,
+    the gold's letter balanced, a hint as often as the evaluation has one), or for glyphs with a
+    `Reference OCR token:` line — the prompt shapes the evaluation sets use."""
+
+    def __init__(self, cfg: Synth, rng: random.Random) -> None:
+        self.cfg, self.rng = cfg, rng
+        self.letters = LetterBalancer(random.Random(f"{cfg.seed}/letters"))
+
+    def __call__(self, scene: Scene, qa: QA) -> tuple[str, str]:
+        rng, cfg = self.rng, self.cfg
+        if len(qa.choices) >= 2 and rng.random() < cfg.mc_prob:
+            options, letter = mc_options(qa, self.letters.order(qa))
+            hint = f"{eval_sets.HINT}\n" if rng.random() < cfg.hint_prob else ""
+            return f"{hint}{qa.question}{options}{eval_sets.MC}", letter
+        question = qa.question
+        if qa.category == "glyph" and scene.glyph is not None and rng.random() < cfg.ocr_prob:
+            question += f"\nReference OCR token: {eval_sets.ocr_tokens(rng, scene.glyph.char)}"
+        return f"{question}{eval_sets.SHORT}", display(qa.answer)
+
+
 def _instruct_record(
-    rng: random.Random, scene: Scene, idx: int, cfg: Synth, counts: Counter[str]
+    rng: random.Random,
+    scene: Scene,
+    idx: int,
+    cfg: Synth,
+    counts: Counter[str],
+    phrase: _Phraser | None = None,
 ) -> dict[str, Any] | None:
-    """A multi-turn record about one scene; `counts` tallies the categories asked."""
+    """A multi-turn record about one scene; `counts` tallies the categories asked. Categories are
+    drawn in turn; each adds the questions of one of its types the scene supports — both halves
+    of a minimal pair, so the record shows that the answer follows the question's word."""
+    phrase = phrase or _Phraser(cfg, rng)
+    vocab = Vocab(tuple(cfg.colors), tuple(cfg.backgrounds))
     turns: list[dict[str, str]] = []
     seen: set[str] = set()
     wanted = rng.randint(cfg.turns[0], cfg.turns[1])
     for category in rng.sample(list(cfg.categories), len(cfg.categories)):
-        if len(turns) // 2 == wanted:
+        if len(turns) // 2 >= wanted:
             break
-        qa = ask(rng, scene, category, cfg.colors)
-        if qa is None or qa.question in seen:
-            continue
-        seen.add(qa.question)
-        counts[qa.category] += 1
-        prefix = "<image>\n" if not turns else ""
-        question, answer = _phrase(rng, scene, qa, cfg)
-        turns.append({"from": "human", "value": prefix + question})
-        turns.append({"from": "gpt", "value": answer})
+        for qa in ask_category(rng, scene, category, vocab):
+            if qa.question in seen:
+                continue
+            seen.add(qa.question)
+            counts[qa.category] += 1
+            prefix = "<image>\n" if not turns else ""
+            question, answer = phrase(scene, qa)
+            turns.append({"from": "human", "value": prefix + question})
+            turns.append({"from": "gpt", "value": answer})
     if not turns:
         return None
     name = f"{idx:012d}"
     return {"id": name, "image": f"shapes/{name}.jpg", "conversations": turns}
-
-
-def _phrase(rng: random.Random, scene: Scene, qa: QA, cfg: Synth) -> tuple[str, str]:
-    """A question as the training mix phrases it: short answer, multiple choice (letter answer), or
-    for glyphs with a `Reference OCR token:` line — the prompt shapes the evaluation sets use."""
-    if len(qa.choices) >= 2 and rng.random() < cfg.mc_prob:
-        options, letter = mc_options(qa)
-        return f"{qa.question}{options}{eval_sets.MC}", letter
-    question = qa.question
-    if qa.category == "glyph" and scene.glyph is not None and rng.random() < cfg.ocr_prob:
-        question += f"\nReference OCR token: {eval_sets.ocr_tokens(rng, scene.glyph.char)}"
-    return f"{question}{eval_sets.SHORT}", display(qa.answer)
 
 
 def _text_scene_record(
@@ -181,21 +208,30 @@ def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
         glyph_size=cfg.glyph_size,
         glyph_prob=cfg.glyph_prob,
         image_size=image_size,
+        min_objects=cfg.min_objects,
     )
-    pretrain = _pool(cfg, "pretrain", cfg.pretrain_images, spec, set())
-    instruct = _pool(cfg, "instruct", cfg.instruct_images, spec, set())
-    train_sigs = {_signature(s) for s in (*pretrain, *instruct)}
+    lo, hi = cfg.eval_objects or (cfg.min_objects, cfg.max_objects)
+    eval_spec = SceneSpec(**{**spec.__dict__, "min_objects": lo, "max_objects": hi})
     glyph_spec = SceneSpec(
-        **{**spec.__dict__, "glyph_size": max(cfg.glyph_size, 1), "glyph_prob": 1.0}
+        **{**eval_spec.__dict__, "glyph_size": max(cfg.glyph_size, 1), "glyph_prob": 1.0}
     )
+    vocab = Vocab(tuple(cfg.colors), tuple(cfg.backgrounds))
+    # the evaluation sets first, from their own streams (eval_seed): they depend on the scene
+    # content and their own sizes only, and training scenes are drawn apart from them
+    key = f"eval{cfg.eval_seed}"
     evals = {
         "textvqa": _pool(
-            cfg, "eval-textvqa", cfg.eval_images, glyph_spec if cfg.glyph_size else spec, train_sigs
+            f"{key}/textvqa", cfg.eval_images, glyph_spec if cfg.glyph_size else eval_spec, set()
         ),
-        "pope": _pool(cfg, "eval-pope", cfg.eval_images, spec, train_sigs),
-        "mmbench": _pool(cfg, "eval-mmbench", cfg.eval_images, spec, train_sigs),
-        "gqa": _pool(cfg, "eval-gqa", cfg.eval_images, spec, train_sigs),
+        "pope": _pool(f"{key}/pope", cfg.eval_images, eval_spec, set()),
+        "mmbench": _pool(f"{key}/mmbench", cfg.eval_images, eval_spec, set()),
     }
+    gqa = eval_sets.draw_gqa(f"{key}/gqa", eval_spec, vocab, cfg.gqa_pairs)
+    eval_sigs = {
+        _signature(s) for s in (*[s for v in evals.values() for s in v], *[s for s, _ in gqa])
+    }
+    pretrain = _pool(f"{cfg.seed}/pretrain", cfg.pretrain_images, spec, eval_sigs)
+    instruct = _pool(f"{cfg.seed}/instruct", cfg.instruct_images, spec, eval_sigs)
     rng = random.Random(f"{cfg.seed}/text")
 
     pretrain_rows = []
@@ -217,8 +253,9 @@ def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
 
     instruct_rows: list[dict[str, Any]] = []
     categories: Counter[str] = Counter()
+    phrase = _Phraser(cfg, rng)
     for n, scene in enumerate(instruct):
-        record = _instruct_record(rng, scene, n, cfg, categories)
+        record = _instruct_record(rng, scene, n, cfg, categories, phrase)
         if record is None:
             continue
         save_jpeg(render(scene), out / record["image"])
@@ -237,12 +274,23 @@ def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
     atomic_write_json(out / "instruct.json", instruct_rows)
 
     ev = out / "eval"
+
+    def own(name: str) -> random.Random:
+        return random.Random(f"{key}/{name}/questions")
+
     written = {
-        "textvqa": eval_sets.write_textvqa(ev / "textvqa", evals["textvqa"], rng, save_jpeg),
-        "pope": eval_sets.write_pope(ev / "pope", evals["pope"], rng, cfg.colors, save_jpeg),
-        "mmbench": eval_sets.write_mmbench(ev / "mmbench", evals["mmbench"], rng, cfg.colors),
-        "gqa": eval_sets.write_gqa(ev / "gqa", evals["gqa"], rng, cfg.colors, save_jpeg),
+        "textvqa": eval_sets.write_textvqa(
+            ev / "textvqa", evals["textvqa"], own("textvqa"), save_jpeg
+        ),
+        "pope": eval_sets.write_pope(
+            ev / "pope", evals["pope"], own("pope"), cfg.colors, save_jpeg
+        ),
+        "mmbench": eval_sets.write_mmbench(
+            ev / "mmbench", evals["mmbench"], own("mmbench"), vocab, cfg.hint_prob
+        ),
     }
+    gqa_summary = eval_sets.write_gqa(ev / "gqa", gqa, save_jpeg)
+    written["gqa"] = gqa_summary["questions"]
     summary = {
         "pretrain": {"images": len(pretrain_rows), "records": len(pretrain_rows)},
         "instruct": {
@@ -254,6 +302,7 @@ def generate(out: Path, cfg: Synth, image_size: int = 336) -> dict[str, Any]:
             "questions_by_category": dict(sorted(categories.items())),
         },
         "eval_questions": written,
+        "gqa": gqa_summary,
     }
     atomic_write_json(out / "summary.json", summary)
     log.info("synth: %s", summary)

@@ -78,16 +78,18 @@ class SceneSpec:
     glyph_size: int  # 0: no glyphs
     glyph_prob: float
     image_size: int = 336
+    min_objects: int = 1  # a scene where fewer fit is drawn again by the caller
 
 
 def sample_scene(rng: random.Random, spec: SceneSpec, scene_id: str) -> Scene:
-    """Draw a scene: 1..max_objects shapes that do not overlap, a glyph in free space if it fits."""
+    """Draw a scene: min_objects..max_objects shapes that do not overlap (fewer where they do not
+    fit), a glyph in free space if it fits."""
     side = spec.image_size
     background = rng.choice(spec.backgrounds)
     palette = [c for c in spec.colors if c != background]
     placed: list[tuple[float, float, float]] = []
     shapes: list[Shape] = []
-    for _ in range(rng.randint(1, spec.max_objects)):
+    for _ in range(rng.randint(spec.min_objects, spec.max_objects)):
         size = rng.choice(list(SIZES))
         lo, hi = SIZES[size]
         radius = rng.uniform(lo, hi) * side

@@ -2,8 +2,11 @@
 score predictions with the official rule, write the official answer / submission files.
 
 A benchmark's directory must hold its `files`; a missing one is an error listing every expected
-file and where it goes. Per-category accuracy comes with a majority-answer baseline (what always
-answering the most common gold answer of the category scores), never 1/#answers.
+file and where it goes. Per-category accuracy comes with its 95 % interval and two baselines
+that ignore the question: the majority answer of the category (always the most common gold answer),
+never 1/#answers, and the question-blind upper bound (per image and category, the best single
+answer). Where questions come as minimal pairs (`extra["pair"]`), a pair counts only if both are
+right.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from PIL import Image
+
+from msr.eval.stats import interval, wilson
 
 SHORT = "\nAnswer the question using a single word or phrase."
 MC = "\nAnswer with the option's letter from the given choices directly."
@@ -111,7 +116,8 @@ class Benchmark:
     def per_category(
         self, questions: Sequence[Question], predictions: Mapping[str, str]
     ) -> dict[str, dict[str, float]]:
-        """Accuracy per category, with the majority-answer baseline of that category."""
+        """Accuracy per category with its interval, the majority-answer baseline and the
+        question-blind upper bound of that category, and pair accuracy where there are pairs."""
         groups: dict[str, list[Question]] = defaultdict(list)
         for q in questions:
             topic = self.topic(q)
@@ -119,11 +125,22 @@ class Benchmark:
                 groups[topic].append(q)
         out = {}
         for cat, qs in sorted(groups.items()):
-            out[cat] = {
+            scores = [self.correct(q, predictions[q.key]) for q in qs]
+            lo, hi = interval(scores)
+            row = {
                 "n": len(qs),
-                "acc": 100 * _mean(self.correct(q, predictions[q.key]) for q in qs),
+                "acc": 100 * _mean(scores),
+                "lo": 100 * lo,
+                "hi": 100 * hi,
                 "majority": 100 * self.majority(qs),
+                "blind": 100 * self.blind(qs),
             }
+            pairs = pair_scores(qs, scores)
+            if pairs:
+                plo, phi = wilson(sum(pairs), len(pairs))
+                row |= {"pairs": len(pairs), "pair_acc": 100 * _mean(pairs)}
+                row |= {"pair_lo": 100 * plo, "pair_hi": 100 * phi}
+            out[cat] = row
         return out
 
     def majority(self, qs: Sequence[Question]) -> float:
@@ -131,11 +148,54 @@ class Benchmark:
         common = [a for a, _ in Counter(self.gold_text(q) for q in qs).most_common(5)]
         return max((_mean(self.correct(q, a) for q in qs) for a in common), default=0.0)
 
+    def blind(self, qs: Sequence[Question]) -> float:
+        """The question-blind upper bound: the best a policy that sees the image but not the
+        question can score, i.e. per image the best single answer to all of its questions."""
+        by_image: dict[str, list[Question]] = defaultdict(list)
+        for q in qs:
+            by_image[image_key(q)].append(q)
+        total = 0.0
+        for group in by_image.values():
+            candidates = dict.fromkeys(self.gold_text(q) for q in group)
+            total += max(sum(self.correct(q, a) for q in group) for a in candidates)
+        return total / len(qs) if qs else 0.0
+
+    def items(
+        self, questions: Sequence[Question], predictions: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """The scored units behind the accuracy, for intervals and paired tests between runs: a
+        key and a score in [0, 1] per unit (here a question), its category, and the pairs."""
+        return {
+            "metric": "acc",
+            "keys": [q.key for q in questions],
+            "scores": [self.correct(q, predictions[q.key]) for q in questions],
+            "topics": [self.topic(q) for q in questions],
+            "pairs": [q.extra.get("pair") for q in questions],
+        }
+
     def write_answers(
         self, out: Path, questions: Sequence[Question], records: Sequence[dict[str, Any]]
     ) -> list[Path]:
         """Official answer / submission files beyond answers.jsonl (none by default)."""
         return []
+
+
+def image_key(q: Question) -> str:
+    """What identifies a question's image: its path, else a hash of its bytes, else its key."""
+    if q.image is None:
+        return f"key:{q.key}"
+    if q.image.path is not None:
+        return str(q.image.path)
+    return q.image.digest()
+
+
+def pair_scores(qs: Sequence[Question], scores: Sequence[float]) -> list[float]:
+    """1.0 per minimal pair whose questions are all right, else 0.0 (pairs by `extra["pair"]`)."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for q, s in zip(qs, scores, strict=True):
+        if q.extra.get("pair"):
+            groups[q.extra["pair"]].append(s)
+    return [float(all(v == 1.0 for v in vs)) for vs in groups.values() if len(vs) >= 2]
 
 
 def _mean(values: Any) -> float:

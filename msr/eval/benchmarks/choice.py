@@ -20,6 +20,7 @@ from typing import Any
 
 from msr.eval.benchmarks.base import MC, Benchmark, ImageRef, Question, read_jsonl
 from msr.eval.scoring import choice_letter, mmbench_circular, seed_match
+from msr.eval.stats import wilson
 from msr.utils.io import atomic_write_text
 
 LETTERS = ("A", "B", "C", "D")
@@ -98,8 +99,33 @@ class MMBench(Benchmark):
                 self.gold_text(q) for q in qs if int(q.qid) < 1_000_000
             )  # one per question
             majority = answers.most_common(1)[0][1] / len(per_q) if per_q else 0.0
-            out[cat] = {"n": len(per_q), "acc": 100 * acc, "majority": 100 * majority}
+            lo, hi = wilson(sum(per_q.values()), len(per_q))
+            out[cat] = {
+                "n": len(per_q),
+                "acc": 100 * acc,
+                "lo": 100 * lo,
+                "hi": 100 * hi,
+                "majority": 100 * majority,
+            }
         return out
+
+    def items(
+        self, questions: Sequence[Question], predictions: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """One unit per question and its circular copies: right only if every copy is."""
+        groups: dict[int, list[Question]] = defaultdict(list)
+        for q in questions:
+            groups[int(q.qid) % 1_000_000].append(q)
+        keys = sorted(groups)
+        return {
+            "metric": "circular_acc",
+            "keys": [str(k) for k in keys],
+            "scores": [
+                float(all(self.correct(q, predictions[q.key]) for q in groups[k])) for k in keys
+            ],
+            "topics": [groups[k][0].category for k in keys],
+            "pairs": [None] * len(keys),
+        }
 
     def write_answers(
         self, out: Path, questions: Sequence[Question], records: Sequence[dict[str, Any]]

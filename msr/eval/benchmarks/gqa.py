@@ -1,4 +1,7 @@
-"""GQA testdev-balanced: short answers, exact match after LLaVA's normalisation (`rstrip('.').lower()`)."""
+"""GQA testdev-balanced: short answers, exact match after LLaVA's normalisation (`rstrip('.').lower()`).
+
+An entry of the official json may name its minimal `pair` (msr's synth GQA does); such questions
+are also scored by pair."""
 
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class GQA(Benchmark):
                     ImageRef(self.root / "data" / "images" / row["image"]),
                     row.get("category"),
                     entry["answer"],
+                    {"pair": entry["pair"]} if entry.get("pair") else {},
                 )
             )
         return out
