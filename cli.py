@@ -164,6 +164,22 @@ def synth(
 
 
 @app.command()
+def probe(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
+    """Probe what survives each projector of probe.grid, without an LLM: projector + a small
+    question-conditioned readout trained on cached probe-scene features; held-out accuracy per
+    question type (reports/probe.{json,md}, plots/probe.png)."""
+    _setup_logging()
+    from stages import probe as stage
+
+    summary = stage.run(
+        _load(params, set_), progress=lambda run: console.print(f"probe: {run} done")
+    )
+    for row in summary["rows"]:
+        score = f"{row['all']['acc']:.1f}" if "all" in row else row.get("error", "–")
+        console.print(f"{row['label']} M={row['M']}: mean of types {score}")
+
+
+@app.command()
 def models(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Build the tiny preset's vision tower, LLM and tokenizer offline (when *.build is set)."""
     _setup_logging()

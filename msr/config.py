@@ -34,6 +34,7 @@ class Paths(Section):
     pretrain: str = "data/pretrain"
     finetune: str = "data/finetune"
     eval: str = "data/eval"
+    probe: str = "data/probe"
     reports: str = "reports"
 
 
@@ -339,6 +340,42 @@ class Profile(Section):
     )  # M of the comparison (mlp keeps N)
 
 
+class Probe(Section):
+    """`msr probe`: what survives a projector, measured without an LLM. Probe scenes (their own
+    cached features) → each projector of `grid` at each budget, trained from scratch with a small
+    question-conditioned readout → held-out accuracy per question type."""
+
+    scenes: int = Field(1000, gt=0)  # training scenes
+    eval_scenes: int = Field(400, gt=0)  # held-out scenes
+    objects: tuple[int, int] = (2, 8)  # shapes per scene (min, max)
+    seed: int = 0  # the scenes
+    # which projectors: `active` (projector.name with its options) or a named grid of
+    # msr.probe.grids (`claim`: the paper's multi-scope claim, §4 of docs/measurement.md)
+    grid: str = "active"
+    budgets: list[int] = Field(default_factory=lambda: [36], min_length=1)  # M; the MLP keeps N
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # training seeds per run
+    steps: int = Field(400, gt=0)
+    batch: int = Field(32, gt=0)  # images per step
+    questions_per_image: int = Field(8, gt=0)  # questions drawn per image and step
+    lr: float = Field(1e-3, gt=0)
+    width: int = Field(256, gt=0)  # c: the width of the projector's tokens and of the readout
+    dtype: Literal["fp32", "bf16"] = "bf16"  # compute dtype (autocast) of training
+    # a control that must score at chance: the projector's tokens replaced by noise, or no tokens
+    ablation: Literal["none", "noise", "no_tokens"] = "none"
+
+    @model_validator(mode="after")
+    def _check(self) -> Probe:
+        if not 1 <= self.objects[0] <= self.objects[1]:
+            raise ValueError(
+                f"probe.objects={list(self.objects)} must be (min, max), 1 ≤ min ≤ max"
+            )
+        from msr.probe.grids import GRIDS
+
+        if self.grid not in ("active", *GRIDS):
+            raise ValueError(f"probe.grid={self.grid!r}; known: active, {', '.join(GRIDS)}")
+        return self
+
+
 class BenchScale(Section):
     """One problem size of the projector benchmark."""
 
@@ -384,6 +421,7 @@ class Params(Section):
     finetune: Train
     eval: Eval = Field(default_factory=Eval)
     profile: Profile = Field(default_factory=Profile)
+    probe: Probe = Field(default_factory=Probe)
     bench: Bench
 
     @model_validator(mode="after")

@@ -100,6 +100,30 @@ class MSResampler(Projector):
         """(B, N, d) -> (B, M, c)"""
         return self.fusion(self.forward_branches(x))
 
+    @torch.no_grad()
+    def branch_attention(self, x: Tensor) -> Tensor:
+        """(B, N, d) -> (E, B, M, N): each branch's attention probabilities, heads averaged:
+        softmax(Q Kᵀ/√c_h + β·B) as the module computes it (Eq. 3), evaluated in fp32."""
+        att = self.attention
+        x = x.float()
+        E, M, h, ch = att.branches, att.num_queries, att.num_heads, att.head_dim
+        q = att.query.float().view(E, M, h, ch).transpose(1, 2)  # (E, h, M, c_h)
+        k = torch.einsum("bnd,ecd->ebnc", x, att.key_weight.float())  # (E, B, N, c)
+        k = k.view(E, x.shape[0], -1, h, ch).transpose(2, 3)  # (E, B, h, N, c_h)
+        logits = q[:, None] @ k.transpose(-1, -2) * ch**-0.5  # (E, B, h, M, N)
+        if self.beta != 0.0:
+            bias = self.bias(self.input_grid(x), x.device, x.dtype)  # (E, M, N)
+            logits = logits + self.beta * bias[:, None, None]
+        return torch.softmax(logits, dim=-1).mean(dim=2)  # (E, B, M, N)
+
+    def scope_share(self, x: Tensor) -> Tensor:
+        """(B, N, d) -> (E,): the share of each branch's attention that falls inside its scope
+        window (Eq. 5's zeros), averaged over queries and images."""
+        probs = self.branch_attention(x)  # (E, B, M, N)
+        window = scope_bias_stack(self.input_grid(x), self.num_queries, self.kernels, x.device,
+                                  torch.float32) == 0  # (E, M, N)  # fmt: skip
+        return (probs * window[:, None]).sum(-1).mean(dim=(1, 2))
+
     def analytic_macs(self, batch: int, grid: Grid) -> int:
         n = grid[0] * grid[1]
         fuse = fusion_macs(

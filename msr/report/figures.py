@@ -85,21 +85,10 @@ def _rgb(hex_color: str) -> tuple[float, float, float]:
     return (int(v[0:2], 16) / 255, int(v[2:4], 16) / 255, int(v[4:6], 16) / 255)
 
 
-@torch.no_grad()
 def branch_attention(projector: MSResampler, features: torch.Tensor) -> torch.Tensor:
-    """(1, N, d) features -> (E, M, N) attention probabilities of each branch (heads averaged):
-    softmax(Q Kᵀ/√c_h + β·B) as the module computes it (Eq. 3)."""
-    att = projector.attention
-    x = features.float()
-    E, M, h, ch = att.branches, att.num_queries, att.num_heads, att.head_dim
-    q = att.query.float().view(E, M, h, ch).transpose(1, 2)  # (E, h, M, c_h)
-    k = torch.einsum("nd,ecd->enc", x[0], att.key_weight.float())  # (E, N, c)
-    k = k.view(E, -1, h, ch).transpose(1, 2)  # (E, h, N, c_h)
-    logits = q @ k.transpose(-1, -2) * ch**-0.5  # (E, h, M, N)
-    if projector.beta != 0.0:
-        grid = projector.input_grid(x)
-        logits = logits + projector.beta * projector.bias(grid, x.device, x.dtype)[:, None]
-    return torch.softmax(logits, dim=-1).mean(dim=1)  # (E, M, N)
+    """(1, N, d) features -> (E, M, N) attention probabilities of each branch (the projector's own;
+    heads averaged)."""
+    return projector.branch_attention(features)[:, 0]
 
 
 def attention_overlay(
