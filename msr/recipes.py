@@ -51,6 +51,21 @@ RECIPES: dict[str, Recipe] = {
         4,
         "the channel_mlp experiment",
     ),
+    "claim": Recipe(
+        "The multi-scope claim end to end at this preset's scale: MS-Resampler, the resampler and "
+        "average pooling at M = 36, two stage-2 seeds each (docs/measurement.md)",
+        (("projector.name=ms_resampler,resampler,avgpool", "finetune.seed=0,1"),),
+        6,
+        "the ms_resampler experiment with finetune.seed=0",
+    ),
+    "probe-claim": Recipe(
+        "The multi-scope claim without an LLM: `msr probe` over its `claim` grid (multi-scope, "
+        "each scope alone, resampler, pooling, pixel-shuffle, MLP) at M = 144 / 64 / 36, three "
+        "seeds; only the probe stage reruns",
+        (("probe.grid=claim", "probe.budgets=[144,64,36]", "probe.seeds=[0,1,2]"),),
+        1,
+        "none: read reports/probe.md",
+    ),
     "beta": Recipe(
         "β sweep: scope-bias strength 0 (plain attention per branch), 1, 2, 4, 8",
         (("projector.options.ms_resampler.beta=0.0,1.0,2.0,4.0,8.0",),),

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STAGES = ["projectors_bench", "synth", "models", "features", "pretrain", "finetune", "eval",
-          "profile", "report"]  # fmt: skip
+          "probe", "profile", "report"]  # fmt: skip
 
 
 def sh(repo: Path, *cmd: str, timeout: int = 900) -> str:
@@ -40,7 +40,9 @@ def small_params() -> dict:
     from msr.presets import preset_path
 
     raw = yaml.safe_load(preset_path("tiny").read_text())
-    raw["data"]["synth"].update(pretrain_images=16, instruct_images=16, text_only=2, eval_images=6)
+    raw["data"]["synth"].update(pretrain_images=16, instruct_images=16, text_only=2, eval_images=6,
+                                gqa_pairs=3)  # fmt: skip
+    raw["probe"].update(scenes=12, eval_scenes=6, steps=3, batch=4, width=16)
     raw["data"].update(shard_mb=1, encode_batch=8)
     for stage in ("pretrain", "finetune"):
         raw[stage].update(per_device_batch=4, max_steps=2, loader_workers=0, shuffle_buffer=16)
@@ -99,11 +101,15 @@ def would_run(repo: Path, *sets: str) -> set[str]:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ("projector.num_queries=64", {"pretrain", "finetune", "eval", "profile", "report"}),
+        (
+            "projector.num_queries=64",
+            {"pretrain", "finetune", "eval", "probe", "profile", "report"},
+        ),
+        ("probe.steps=5", {"probe"}),  # the probe reruns alone when only its params change
         ("eval.max_new_tokens=5", {"eval", "report"}),
         (
             "vision.feature_layer=-1",
-            {"features", "pretrain", "finetune", "eval", "profile", "report"},
+            {"features", "pretrain", "finetune", "eval", "probe", "profile", "report"},
         ),
         ("profile.repeats=2", {"profile", "report"}),
         ("bench.repeats=2", {"projectors_bench", "report"}),
@@ -151,7 +157,9 @@ def test_queued_experiments_compare_in_one_table(repo: Path) -> None:
     assert (repo / "cmp" / "compare.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("name", ["table1", "table4", "table5", "table6", "beta"])
+@pytest.mark.parametrize(
+    "name", ["table1", "table4", "table5", "table6", "beta", "claim", "probe-claim"]
+)
 def test_recipes_queue_exactly_their_experiments(repo: Path, name: str) -> None:
     from msr.recipes import recipe
 
@@ -171,6 +179,12 @@ def test_recipes_queue_exactly_their_experiments(repo: Path, name: str) -> None:
     if name == "table1":
         pairs = {(p["name"], p["num_queries"]) for p in projector}
         assert len(pairs) == 22 and ("mlp", 36) in pairs and ("pixel_shuffle", 64) in pairs
+    if name == "claim":
+        runs = {(q["projector"]["name"], q["finetune"]["seed"]) for q in queued}
+        assert runs == {(p, s) for p in ("ms_resampler", "resampler", "avgpool") for s in (0, 1)}
+    if name == "probe-claim":
+        (probe,) = [q["probe"] for q in queued]
+        assert probe["grid"] == "claim" and probe["budgets"] == [144, 64, 36]
     if name in ("table4", "table5"):
         kernels = sorted(str(p["options"]["ms_resampler"]["kernels"]) for p in projector)
         assert "[2, 6, 14]" in kernels and len(set(kernels)) == recipe(name).size
