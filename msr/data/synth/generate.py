@@ -24,7 +24,6 @@ from msr.data.synth.questions import (
     QA,
     LetterBalancer,
     Vocab,
-    ask,
     ask_category,
     caption,
     display,
@@ -142,12 +141,14 @@ def _text_scene_record(
     (benchmarks/small_real_letters.py, small_real_text_qa.py); here it can learn to without the
     image."""
     categories = [c for c in CAPTION_CATEGORIES if c in cfg.categories]
+    vocab = Vocab(tuple(cfg.colors), tuple(cfg.backgrounds))
     for category in rng.sample(categories, len(categories)):
-        qa = ask(rng, scene, category, cfg.colors)
+        qas = ask_category(rng, scene, category, vocab)
+        qa = rng.choice(qas) if qas else None
         if qa is None or (kind == "mc" and len(qa.choices) < 2):
             continue
-        if kind == "mc":
-            options, answer = mc_options(qa)
+        if kind == "mc":  # the gold at a uniformly random letter
+            options, answer = mc_options(qa, LetterBalancer(rng).order(qa))
             question = f"{qa.question}{options}{eval_sets.MC}"
         else:
             question, answer = f"{qa.question}{eval_sets.SHORT}", display(qa.answer)
