@@ -100,7 +100,7 @@ def _run(
             "n": len(questions),
             "main": bench.main,
             "metrics": bench.metrics(questions, scored),
-            "interval": unit_interval(units),
+            **({"interval": unit_interval(units)} if units["scores"] else {}),
             "categories": bench.per_category(questions, scored),
             "answers": answer_spread(scored.values(), (q.gold for q in questions)),
             "items": units,

@@ -88,6 +88,7 @@ def test_mmvet_is_not_scored_but_answers_are_written(
     bench = make_benchmark("mmvet", root, root)
     qs = bench.questions()
     assert bench.metrics(qs, {"0": "x"}) == {}
+    assert bench.items(qs, {"0": "x"})["scores"] == []  # no units: no interval, no paired test
     (path,) = bench.write_answers(tmp_path, qs, [{"question_id": 0, "text": "A picture."}])
     assert json.loads(path.read_text()) == {"v1_0": "A picture."}
 

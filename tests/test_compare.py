@@ -73,17 +73,19 @@ def test_unknown_baseline_and_nothing_to_compare() -> None:
 
 def _items(scores: list[float], topic: str = "exist") -> dict[str, Any]:
     n = len(scores)
-    return {"gqa": {"metric": "acc", "keys": [str(i) for i in range(n)], "scores": scores,
-                    "topics": [topic] * n, "pairs": [None] * n}}  # fmt: skip
+    return {"gqa": {"metric": "acc", "digest": "q1", "keys": [str(i) for i in range(n)],
+                    "scores": scores, "topics": [topic] * n, "pairs": [None] * n}}  # fmt: skip
 
 
-def _exp(name: str, scores: list[float], seed: int = 0, keys_shift: int = 0) -> Experiment:
+def _exp(
+    name: str, scores: list[float], seed: int = 0, keys_shift: int = 0, main: str = "acc"
+) -> Experiment:
     acc = 100 * sum(scores) / len(scores)
     params = {"paths": {"reports": "reports"}, "finetune": {"seed": seed},
               "projector": {"name": "ms_resampler", "num_queries": 36, "options": {}}}  # fmt: skip
     items = _items(scores)
     items["gqa"]["keys"] = [str(i + keys_shift) for i in range(len(scores))]
-    ev = {"headline": {"gqa": acc}, "categories": {},
+    ev = {"headline": {"gqa": acc}, "categories": {}, "main": {"gqa": main},
           "intervals": {"gqa": {"metric": "acc", "n": len(scores), "value": acc, "lo": acc - 5,
                                 "hi": acc + 5}}}  # fmt: skip
     return Experiment(name, params, ev, None, name, items)
@@ -107,9 +109,22 @@ def test_paired_tests_mark_a_real_difference_and_not_a_noisy_one() -> None:
 
 
 def test_runs_on_other_questions_are_not_paired() -> None:
-    result = compare([_exp("base", [1.0, 0.0] * 50), _exp("other", [1.0] * 100, keys_shift=7)])
+    regenerated = _exp("regenerated", [1.0] * 100)
+    regenerated.items["gqa"]["digest"] = "q2"  # the same ids, other questions
+    result = compare([_exp("base", [1.0, 0.0] * 50), _exp("other", [1.0] * 100, keys_shift=7),
+                      regenerated])  # fmt: skip
     rows = {r["experiment"]: r for r in result["rows"]}
-    assert rows["other"]["paired"]["gqa"] == {"note": "different questions: not paired"}
+    for name in ("other", "regenerated"):
+        assert rows[name]["paired"]["gqa"] == {"note": "different questions: not paired"}
+
+
+def test_an_interval_of_another_metric_than_the_headline_is_named() -> None:
+    """POPE's headline is F1, its units' mean accuracy: the bracket says which it is."""
+    base = [1.0] * 150 + [0.0] * 150
+    result = compare([_exp("base", base, main="f1"),
+                      _exp("better", [1.0] * 190 + [0.0] * 110, main="f1")], "base")  # fmt: skip
+    text = render_markdown(result)
+    assert "63.3 (acc [58.3, 68.3] ↑)" in text
 
 
 def test_experiments_that_differ_only_in_seeds_are_grouped() -> None:

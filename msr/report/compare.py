@@ -29,11 +29,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from msr.eval.stats import avg_interval, interval, paired
+from msr.eval.stats import avg_interval, bootstrap_mean, paired
 from msr.report.markdown import table
 from msr.utils.io import atomic_save_figure
 
 ALPHA = 0.05
+SEED_KEYS = ("seed", "seeds")
 
 
 @dataclass(frozen=True)
@@ -119,21 +120,23 @@ def attach_items(
 
 
 def seed_keys(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Every params key path that names a seed of a run (`*.seed`; not `eval_seed`, which picks
-    the questions), with its value."""
+    """Every params key path that names a seed of a run (`*.seed`, `*.seeds`; not `eval_seed`,
+    which picks the questions), with its value."""
     out: dict[str, Any] = {}
     for k, v in params.items():
         path = f"{prefix}{k}"
         if isinstance(v, dict):
             out |= seed_keys(v, f"{path}.")
-        elif k == "seed":
+        elif k in SEED_KEYS:
             out[path] = v
     return out
 
 
 def _without_seeds(params: dict[str, Any]) -> dict[str, Any]:
     return {
-        k: _without_seeds(v) if isinstance(v, dict) else v for k, v in params.items() if k != "seed"
+        k: _without_seeds(v) if isinstance(v, dict) else v
+        for k, v in params.items()
+        if k not in SEED_KEYS
     }
 
 
@@ -157,7 +160,7 @@ def paired_tests(e: Experiment, base: Experiment) -> dict[str, Any]:
         a, b = _units(base, bench), _units(e, bench)
         if a is None or b is None:
             continue
-        if a["keys"] != b["keys"]:
+        if a["keys"] != b["keys"] or a.get("digest") != b.get("digest"):
             out[bench] = {"note": "different questions: not paired"}
             continue
         test = paired(a["scores"], b["scores"])
@@ -179,8 +182,16 @@ def group_summary(group: list[Experiment]) -> dict[str, Any]:
         values = [(e.eval or {}).get("headline", {}).get(b) for e in group]
         values = [v for v in values if v is not None]
         units = [u for e in group if (u := _units(e, b)) is not None]
-        pooled = [x for u in units for x in u["scores"]]
-        lo, hi = interval(pooled) if pooled and len(units) == len(group) else (None, None)
+        lo = hi = None
+        same = len(units) == len(group) and all(
+            u["keys"] == units[0]["keys"] and u.get("digest") == units[0].get("digest")
+            for u in units
+        )
+        if same and units[0]["scores"]:
+            # clustered by question: each question's score averaged over the seeds, then the
+            # interval of their mean (the seeds answered the same questions: not k·n draws)
+            columns = zip(*(u["scores"] for u in units), strict=True)
+            lo, hi = bootstrap_mean([statistics.mean(col) for col in columns])
         scores[b] = {
             "mean": statistics.mean(values) if values else None,
             "sd": statistics.stdev(values) if len(values) > 1 else None,
@@ -246,7 +257,12 @@ def compare(experiments: list[Experiment], baseline: str | None = None) -> dict[
                 "avg": 100 * sum(ratios) / len(ratios) if ratios else None,
                 "avg_interval": None if avg_ci is None else list(avg_ci),
                 "intervals": {
-                    b: [v["lo"], v["hi"]]
+                    b: {
+                        "metric": v["metric"],
+                        "lo": v["lo"],
+                        "hi": v["hi"],
+                        "headline": v["metric"] == ((e.eval or {}).get("main") or {}).get(b),
+                    }
                     for b, v in ((e.eval or {}).get("intervals") or {}).items()
                 },
                 "paired": paired_tests(e, base) if e is not base else {},
@@ -294,14 +310,15 @@ def _cell(r: dict[str, Any], b: str) -> str:
     v = r["scores"][b]
     if v is None:
         return "–"
-    text = _num(v)
-    if b in r.get("intervals", {}):
-        lo, hi = r["intervals"][b]
-        text += f" [{lo:.1f}, {hi:.1f}]"
+    text, iv = _num(v), r.get("intervals", {}).get(b)
     test = r.get("paired", {}).get(b) or {}
-    if test.get("significant"):
-        text += " ↑" if test["diff"] > 0 else " ↓"
-    return text
+    arrow = (" ↑" if test["diff"] > 0 else " ↓") if test.get("significant") else ""
+    if iv is None:
+        return text + arrow
+    if iv["headline"]:  # the interval and the test are of this score
+        return f"{text} [{iv['lo']:.1f}, {iv['hi']:.1f}]{arrow}"
+    # another quantity than the headline (POPE's F1, MME's sum): name the units' metric
+    return f"{text} ({iv['metric']} [{iv['lo']:.1f}, {iv['hi']:.1f}]{arrow})"
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -330,8 +347,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         f"Avg. = mean over benchmarks of score / score of `{result['baseline']}`, in percent (the "
         "paper's definition). MACs: pure multiply-accumulates of one image through the projector. "
-        "Brackets: 95 % intervals. ↑/↓: differs from the baseline in a paired test on the same "
-        "questions (p < 0.05); no arrow is no difference found, not a tie.",
+        "Brackets: 95 % intervals (of the named unit metric where it is not the headline, e.g. "
+        "POPE's accuracy beside its F1). ↑/↓: differs from the baseline in a paired test on the "
+        "same questions (p < 0.05); no arrow is no difference found, not a tie.",
         "",
         table(head, body),
     ]
@@ -387,7 +405,8 @@ def render_markdown(result: dict[str, Any]) -> str:
     if groups:
         lines += ["", "## Seeds grouped", "",
                   "Experiments whose params differ only in seeds: mean ± sd over the runs, and "
-                  "the 95 % interval of all their units pooled.", ""]  # fmt: skip
+                  "the 95 % interval of the mean over questions of each question's score averaged "
+                  "over the runs.", ""]  # fmt: skip
         gbenches = list(dict.fromkeys(b for g in groups for b in g["scores"]))
         lines.append(
             table(

@@ -53,6 +53,7 @@ def summarize(
         },
         "benchmarks": {n: {**r["metrics"], "n": r["n"]} for n, r in results.items()},
         "headline": headline,
+        "main": {n: r["main"] for n, r in results.items()},
         "intervals": {n: r["interval"] for n, r in results.items() if "interval" in r},
         "categories": {n: r["categories"] for n, r in results.items() if r["categories"]},
         "answers": {n: r["answers"] for n, r in results.items() if "answers" in r},

@@ -46,7 +46,11 @@ def summarize(runs: list[dict[str, Any]], params: Params) -> dict[str, Any]:
             continue
         row["types"] = {t: _cell([r["types"][t] for r in ok]) for t in TYPES}
         per_seed = [
-            statistics.mean(100 * r["types"][t]["right"] / r["types"][t]["n"] for t in TYPES)
+            statistics.mean(
+                100 * r["types"][t]["right"] / r["types"][t]["n"]
+                for t in TYPES
+                if r["types"][t]["n"]
+            )
             for r in ok
         ]
         row["all"] = {"acc": statistics.mean(per_seed),
@@ -92,8 +96,8 @@ def render_markdown(s: dict[str, Any]) -> str:
         f"images, token width {st['width']}), then scored on {st['eval_scenes']} held-out scenes. "
         "Cells: accuracy, mean ± sd over seeds, and the 95 % Wilson interval of all seeds' answers "
         "pooled. The question-only row is what reading the question but not the image scores "
-        "(per question, its most common held-out answer): a projector is measured by how far above "
-        "it it gets."
+        "(per question, its most common held-out answer: an upper bound of that policy, fitted on "
+        "the held-out answers themselves): a projector is measured by how far above it it gets."
         + (
             f" **Ablation: {st['ablation']}** (the image never reaches the readout)."
             if st["ablation"] != "none"

@@ -164,9 +164,12 @@ class Benchmark:
         self, questions: Sequence[Question], predictions: Mapping[str, str]
     ) -> dict[str, Any]:
         """The scored units behind the accuracy, for intervals and paired tests between runs: a
-        key and a score in [0, 1] per unit (here a question), its category, and the pairs."""
+        key and a score in [0, 1] per unit (here a question), its category, its pair, and a
+        digest of the questions (text, gold, image bytes), so that two runs are paired only
+        on the same questions. `metric` names the mean of the units."""
         return {
             "metric": "acc",
+            "digest": questions_digest(questions),
             "keys": [q.key for q in questions],
             "scores": [self.correct(q, predictions[q.key]) for q in questions],
             "topics": [self.topic(q) for q in questions],
@@ -187,6 +190,18 @@ def image_key(q: Question) -> str:
     if q.image.path is not None:
         return str(q.image.path)
     return q.image.digest()
+
+
+def questions_digest(questions: Sequence[Question]) -> str:
+    """What the questions are: keys, texts, golds and image bytes, hashed."""
+    h = hashlib.sha1()
+    images: dict[str, str] = {}
+    for q in questions:
+        ref = image_key(q)
+        if ref not in images:
+            images[ref] = q.image.digest() if q.image is not None else ""
+        h.update(json.dumps([q.key, q.text, repr(q.gold), images[ref]]).encode())
+    return h.hexdigest()[:16]
 
 
 def pair_scores(qs: Sequence[Question], scores: Sequence[float]) -> list[float]:

@@ -18,7 +18,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from msr.eval.benchmarks.base import MC, Benchmark, ImageRef, Question, read_jsonl
+from msr.eval.benchmarks.base import (
+    MC,
+    Benchmark,
+    ImageRef,
+    Question,
+    questions_digest,
+    read_jsonl,
+)
 from msr.eval.scoring import choice_letter, mmbench_circular, seed_match
 from msr.eval.stats import wilson
 from msr.utils.io import atomic_write_text
@@ -119,11 +126,12 @@ class MMBench(Benchmark):
         keys = sorted(groups)
         return {
             "metric": "circular_acc",
+            "digest": questions_digest(questions),
             "keys": [str(k) for k in keys],
             "scores": [
                 float(all(self.correct(q, predictions[q.key]) for q in groups[k])) for k in keys
             ],
-            "topics": [groups[k][0].category for k in keys],
+            "topics": [groups[k][0].category or "" for k in keys],
             "pairs": [None] * len(keys),
         }
 

@@ -47,6 +47,12 @@ class MMVet(Benchmark):
     ) -> dict[str, dict[str, float]]:
         return {}
 
+    def items(
+        self, questions: Sequence[Question], predictions: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """No scored units: a judge model grades MM-Vet."""
+        return {"metric": "", "digest": "", "keys": [], "scores": [], "topics": [], "pairs": []}
+
     def write_answers(
         self, out: Path, questions: Sequence[Question], records: Sequence[dict[str, Any]]
     ) -> list[Path]:

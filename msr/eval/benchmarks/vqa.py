@@ -114,6 +114,13 @@ class VQAv2(Benchmark):
     ) -> dict[str, dict[str, float]]:
         return {}
 
+    def items(
+        self, questions: Sequence[Question], predictions: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """The val questions only: test-dev has no answers here (the server grades it)."""
+        units = super().items([q for q in questions if q.category == "val"], predictions)
+        return {**units, "metric": "val_acc"}
+
     def write_answers(
         self, out: Path, questions: Sequence[Question], records: Sequence[dict[str, Any]]
     ) -> list[Path]:
