@@ -4,7 +4,7 @@ seed stream, not the training images).
     python benchmarks/small_real_probe.py encoder [--train 800] [--test 400]
     python benchmarks/small_real_probe.py stage1 [DIR]    # default: the preset's stage-1 projector
 
-`encoder` (writes reports/small-real/probe.{json,md}): linear probes of the vision encoder. For
+`encoder` (writes reports/small-real/encoder_probe.{json,md}): linear probes of the vision encoder. For
 fresh scenes of the preset's synthetic distribution (their own seed stream, not the training
 images), each hidden state of the encoder (and the final LayerNorm of the last two) is read at:
   - a shape: the mean of the patch tokens whose centres lie inside it -> its colour, its kind;
@@ -297,7 +297,7 @@ def encoder_probe(args: argparse.Namespace) -> None:
         "layers": rows,
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    write_report(OUT / "probe", result, render_md(result))
+    write_report(OUT / "encoder_probe", result, render_md(result))
     print(render_md(result))
 
 
