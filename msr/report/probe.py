@@ -153,7 +153,9 @@ def plot(s: dict[str, Any], path: Path) -> None:
 
     done = [r for r in s["rows"] if "types" in r]
     panels = [*TYPES, "mean of types"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.2), sharey=False)
+    fig, grid = plt.subplots(2, 3, figsize=(11.0, 6.4))
+    axes = grid.flatten()
+    budgets = sorted({r["M"] for r in done})
     labels = list(dict.fromkeys(r["label"] for r in done))
     cmap = plt.get_cmap("tab10")
     for ax, panel in zip(axes, panels, strict=True):
@@ -172,9 +174,12 @@ def plot(s: dict[str, Any], path: Path) -> None:
         if panel != "mean of types" and done:
             ax.axhline(done[0]["types"][panel]["majority"], color="gray", ls=":", lw=1)
         ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(m) for m in budgets])
+        ax.minorticks_off()
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("M (visual tokens)", fontsize=8)
-    axes[0].set_ylabel("held-out accuracy (%)")
+    for ax in grid[:, 0]:
+        ax.set_ylabel("held-out accuracy (%)")
     axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle("probe: accuracy against M (bars: 95 % interval; mean panel: sd over seeds; "
                  "dotted: question only, no image)", fontsize=9)  # fmt: skip
