@@ -26,7 +26,7 @@ from msr.data.synth.scene import Scene, SceneSpec, render, sample_scene
 from msr.probe.grids import grid_specs
 from msr.probe.questions import Vocabulary, ask_all
 from msr.probe.run import ProbeSet, Settings, train_and_score
-from msr.projectors import projector_class
+from msr.projectors import output_tokens
 from msr.report.probe import plot, render_markdown, summarize
 from msr.utils.io import atomic_write_json, write_report
 from stages.features import tower_of
@@ -125,8 +125,8 @@ def run(params: Params, progress: Callable[[str], None] | None = None) -> dict[s
     active = params.projector.options.get(params.projector.name, {})
     runs: list[dict[str, Any]] = []
     for spec in grid_specs(p.grid, params.projector.name, active):
-        keeps_all = projector_class(spec.projector).keeps_all_tokens
-        for budget in [train.features.shape[1]] if keeps_all else p.budgets:
+        n = train.features.shape[1]  # the budgets a design can take: all N, or each of probe's
+        for budget in dict.fromkeys(output_tokens(spec.projector, m, n) for m in p.budgets):
             for seed in p.seeds:
                 row: dict[str, Any] = {"label": spec.label, "projector": spec.projector,
                                        "budget": budget, "seed": seed}  # fmt: skip

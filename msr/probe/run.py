@@ -19,7 +19,7 @@ from torch import Tensor
 from msr.probe.grids import ProbeSpec
 from msr.probe.questions import TYPES, Vocabulary
 from msr.probe.readout import Readout
-from msr.projectors import build_projector, projector_class
+from msr.projectors import build_projector, output_tokens
 from msr.projectors.ms_resampler import MSResampler
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,6 @@ class Settings:
     width: int
     dtype: str = "bf16"
     ablation: str = "none"
-
-
-def num_tokens(projector: str, budget: int, num_patches: int) -> int:
-    """M: the budget, or N for a projector that keeps every patch token."""
-    return num_patches if projector_class(projector).keeps_all_tokens else budget
 
 
 def _autocast(dtype: str) -> contextlib.AbstractContextManager[Any]:
@@ -85,7 +80,7 @@ def train_and_score(
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     _, n, d = train.features.shape
-    m = num_tokens(spec.projector, budget, n)
+    m = output_tokens(spec.projector, budget, n)
     projector = build_projector(
         spec.projector, vision_dim=d, llm_dim=s.width, num_queries=m, **spec.options
     )

@@ -17,6 +17,7 @@ from msr.projectors.base import Projector
 from msr.projectors.registry import (
     PROJECTORS,
     build_projector,
+    output_tokens,
     projector_class,
     projector_options,
     register_projector,
@@ -28,6 +29,7 @@ __all__ = [
     "PROJECTORS",
     "Projector",
     "build_projector",
+    "output_tokens",
     "projector_class",
     "projector_options",
     "register_projector",

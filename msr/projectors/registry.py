@@ -44,6 +44,12 @@ def projector_class(name: str) -> type[Projector]:
     return PROJECTORS[name]
 
 
+def output_tokens(name: str, num_queries: int, num_patches: int) -> int:
+    """M: how many tokens projector `name` emits for `num_patches` inputs at budget `num_queries`
+    (all of them for a design that keeps every patch token, such as LLaVA's MLP)."""
+    return num_patches if projector_class(name).keeps_all_tokens else num_queries
+
+
 def projector_options(name: str) -> dict[str, tuple[Any, Any]]:
     """Keyword options of a projector beyond the three dimensions: {option: (type, default)}."""
     cls = projector_class(name)
