@@ -228,6 +228,7 @@ def features(
 
     from msr.data.llava import DataError
     from msr.data.shards import ShardError
+    from msr.data.skips import TooManySkips
     from stages import features as stage
 
     p = _load(params, set_)
@@ -279,7 +280,7 @@ def features(
                     progress=advance,
                     on_plan=on_plan,
                 )
-    except (DataError, ShardError, ValueError) as err:
+    except (DataError, ShardError, TooManySkips, ValueError) as err:
         raise _fail(str(err)) from None
     console.print(report.summary())
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from msr.data.images import MAX_ASPECT, MAX_PIXELS, ImageLimits
+
 DType = Literal["fp32", "bf16", "fp16"]
 Template = Literal["plain", "vicuna_v1", "chatml", "chat_template"]
 Launcher = Literal["none", "torchrun", "deepspeed"]
@@ -124,6 +126,13 @@ class Data(Section):
     max_skip_share: float = Field(
         0.01, ge=0, le=1
     )  # a stage stops when more of its samples are bad
+    # an image is checked from its header before it is decoded: the pixels it needs once made
+    # square, and its aspect ratio; one that breaks a limit is a named skip
+    max_image_pixels: int = Field(MAX_PIXELS, gt=0)
+    max_image_aspect: float = Field(MAX_ASPECT, ge=1)
+    # image paths in a data json are relative to the image folder; an absolute or `..` path is a
+    # named skip unless this allows reading outside it
+    images_outside_root: bool = False
     launcher: Launcher = (
         "none"  # `msr features` on num_devices processes (shards split, then merged)
     )
@@ -131,6 +140,10 @@ class Data(Section):
     shard_mb: int = Field(256, gt=0)
     encode_batch: int = Field(32, gt=0)
     synth: Synth
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_pixels, self.max_image_aspect)
 
 
 class VisionBuild(Section):

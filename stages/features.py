@@ -112,16 +112,20 @@ def run(
         if not dist.is_initialized():
             dist.init_process_group("gloo")
         dist.barrier()
-        if rank == 0:
-            _encode(params, tower, sources, encode=False)
+        merged = _encode(params, tower, sources, encode=False) if rank == 0 else None
         dist.barrier()
         dist.destroy_process_group()
+        if merged is not None:
+            report.ledgers, report.offered = merged.ledgers, merged.offered
+    report.check_share(params.data.max_skip_share)  # once merged: the outputs are complete
     return report
 
 
 def merge_only(params: Params) -> FeatureReport:
     """Write manifest.parquet and skips.json from the fragments of every planned shard."""
-    return _encode(params, tower_of(params), sources_of(params), encode=False)
+    report = _encode(params, tower_of(params), sources_of(params), encode=False)
+    report.check_share(params.data.max_skip_share)
+    return report
 
 
 def _encode(
@@ -136,5 +140,7 @@ def _encode(
         shard_mb=d.shard_mb,
         batch_size=d.encode_batch,
         strict=d.strict,
+        limits=d.image_limits,
+        outside_root=d.images_outside_root,
         **options,
     )

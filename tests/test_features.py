@@ -19,6 +19,7 @@ import yaml
 from msr.config import Params, parse_params
 from msr.data.llava import DataError
 from msr.data.shards import ShardError, read_manifest
+from msr.data.skips import TooManySkips
 from msr.data.tar_writer import ShardWriter
 from stages import features
 
@@ -215,13 +216,17 @@ def corrupt_copy(tiny_workspace: Params, tmp_path: Path) -> Params:
     raw = tiny_workspace.model_dump(mode="json")
     raw["paths"]["features"] = str(tmp_path / "f")
     raw["data"].update(
-        pretrain_json=str(synth / "pretrain.json"), pretrain_images=str(synth / "pretrain_images")
+        pretrain_json=str(synth / "pretrain.json"),
+        pretrain_images=str(synth / "pretrain_images"),
+        max_skip_share=1.0,  # the share is tested on its own
     )
     return parse_params(raw)
 
 
 def test_corrupt_image_is_skipped_and_reported(corrupt_copy: Params, tmp_path: Path) -> None:
     report = features.run(corrupt_copy, workers=0)
+    n = corrupt_copy.data.synth.pretrain_images
+    assert f"skipped — pretrain: 2 of {n} records (reader: unreadable image: 2" in report.summary()
     assert (
         report.images
         == corrupt_copy.data.synth.pretrain_images + corrupt_copy.data.synth.instruct_images - 2
@@ -237,6 +242,25 @@ def test_corrupt_image_is_skipped_and_reported(corrupt_copy: Params, tmp_path: P
     status = dict(zip(table["key"].to_pylist(), table["status"].to_pylist(), strict=True))
     assert status["00000_000000002"] == status["00000_000000004"] == "skipped"
     assert "00000_000000002" not in samples(tmp_path / "f")
+
+
+def test_features_hold_the_skips_against_max_skip_share(
+    corrupt_copy: Params, tmp_path: Path
+) -> None:
+    """2 of the pretrain records unusable (20 %) stop the stage under a 10 % share — after the
+    manifest and skips.json are written, so a rerun with the share raised encodes nothing."""
+    raw = corrupt_copy.model_dump(mode="json")
+    raw["data"]["max_skip_share"] = 0.1
+    n = corrupt_copy.data.synth.pretrain_images
+    with pytest.raises(
+        TooManySkips,
+        match=rf"features \(pretrain\): 2 of {n} samples \(20.0%\) .*data.max_skip_share=0.1; "
+        r"top reasons: reader: unreadable image: 2 \(e.g. ",
+    ):
+        features.run(parse_params(raw), workers=0)
+    assert json.loads((tmp_path / "f" / "skips.json").read_text())["total"] == 2
+    report = features.run(corrupt_copy, workers=0)
+    assert report.shards_written == 0 and "2 of" in report.summary()
 
 
 def test_corrupt_image_is_an_error_when_strict(corrupt_copy: Params) -> None:

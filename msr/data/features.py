@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from msr.data.images import DEFAULT_LIMITS, ImageLimits, ImageSkip, open_image
 from msr.data.llava import DataError, Skip, read_llava_json
 from msr.data.shards import (
     Item,
@@ -35,6 +35,7 @@ from msr.data.shards import (
     shard_state,
     write_fragment,
 )
+from msr.data.skips import SkipLedger, check_share
 from msr.data.streams import ordered_map
 from msr.data.tar_writer import ShardWriter
 from msr.models.preprocess import ImageSpec, prepare_hwc, stack_hwc
@@ -56,7 +57,8 @@ class Source:
 class FeatureReport:
     images: int = 0
     text_only: int = 0
-    skipped: list[Skip] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)  # the reader's
+    decode_skipped: int = 0  # images of this run that could not be decoded or broke a limit
     shards_written: int = 0
     shards_total: int = 0
     bytes_written: int = 0
@@ -66,23 +68,46 @@ class FeatureReport:
     # workers, only batching their arrays: the decoding itself is in the worker processes)
     decode_seconds: float = 0.0
     streams: int = 1
+    # after the merge, over every shard (this run's and earlier ones'): records skipped by the
+    # reader or at decoding, by split
+    ledgers: dict[str, SkipLedger] = field(default_factory=dict)
+    offered: dict[str, int] = field(default_factory=dict)  # records offered, by split
 
     def summary(self) -> str:
-        if not self.shards_written and not self.skipped:
-            return f"nothing to encode: all {self.shards_total} shards are up to date"
+        skips = self._skips()
+        if not self.shards_written and not self.decode_skipped:
+            return f"nothing to encode: all {self.shards_total} shards are up to date{skips}"
         rate = self.images / self.seconds if self.seconds else 0.0
         return (
-            f"{self.images} images encoded, {len(self.skipped)} skipped, {self.shards_written}/"
-            f"{self.shards_total} shards written, {self.bytes_written / 1e9:.2f} GB, {rate:.0f} img/s"
+            f"{self.images} images encoded, {self.shards_written}/{self.shards_total} shards "
+            f"written, {self.bytes_written / 1e9:.2f} GB, {rate:.0f} img/s{skips}"
         )
+
+    def _skips(self) -> str:
+        if not self.ledgers:  # not merged: this run's own
+            n = len(self.skipped) + self.decode_skipped
+            return f"; {n} skipped (see skips.json once merged)" if n else "; 0 skipped"
+        parts = [
+            f"{split}: {ledger.bad} of {self.offered[split]} records ({ledger.describe(3)})"
+            for split, ledger in self.ledgers.items()
+            if ledger.bad
+        ]
+        return f"; skipped — {'; '.join(parts)} (skips.json)" if parts else "; 0 skipped"
+
+    def check_share(self, limit: float) -> None:
+        """`TooManySkips` when a split's skipped records exceed `limit` of those offered."""
+        for split, ledger in self.ledgers.items():
+            check_share(ledger.bad, self.offered[split], limit, f"features ({split})", ledger)
 
 
 class _Images(Dataset[tuple[int, np.ndarray | None, str | None]]):
     """Decode and prepare one image to uint8 (S, S, 3); a failure is returned as a reason, not
     raised."""
 
-    def __init__(self, items: Sequence[tuple[Item, Path]], spec: ImageSpec) -> None:
-        self.items, self.spec = items, spec
+    def __init__(
+        self, items: Sequence[tuple[Item, Path]], spec: ImageSpec, limits: ImageLimits
+    ) -> None:
+        self.items, self.spec, self.limits = items, spec, limits
 
     def __len__(self) -> int:
         return len(self.items)
@@ -92,12 +117,15 @@ class _Images(Dataset[tuple[int, np.ndarray | None, str | None]]):
         assert item.image is not None
         path = root / item.image
         try:
-            with Image.open(path) as img:
-                return i, prepare_hwc(img, self.spec), None
-        except FileNotFoundError:
-            return i, None, f"missing image: {path}"
-        except (UnidentifiedImageError, OSError, ValueError) as err:
+            img = open_image(path, self.limits, self.spec.aspect)
+        except ImageSkip as skip:
+            return i, None, str(skip)
+        try:
+            return i, prepare_hwc(img, self.spec), None
+        except Exception as err:
             return i, None, f"unreadable image: {path} ({type(err).__name__}: {err})"
+        finally:
+            img.close()
 
 
 def _collate(batch: list[Any]) -> list[Any]:
@@ -105,7 +133,11 @@ def _collate(batch: list[Any]) -> list[Any]:
 
 
 def plan(
-    sources: Sequence[Source], tower: VisionBackbone, shard_mb: int, strict: bool
+    sources: Sequence[Source],
+    tower: VisionBackbone,
+    shard_mb: int,
+    strict: bool,
+    outside_root: bool = False,
 ) -> tuple[list[ShardPlan], dict[str, Path], list[Skip]]:
     """Shard plans of every split, the image root of each split, and the reader's skips."""
     plans: list[ShardPlan] = []
@@ -114,7 +146,9 @@ def plan(
     for src in sources:
         # images are opened once, when decoded for encoding; a missing or unreadable file is
         # skipped (or an error when strict) there, with the same reasons the reader would give
-        result = read_llava_json(src.json, src.images, strict=strict, check_images=False)
+        result = read_llava_json(
+            src.json, src.images, strict=strict, check_images=False, outside_root=outside_root
+        )
         skips += result.skips
         items = plan_items(result.records, src.split)
         plans += plan_shards(items, per_shard, tower.fingerprint()["id"])
@@ -130,6 +164,8 @@ def encode_features(
     shard_mb: int,
     batch_size: int,
     strict: bool = False,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    outside_root: bool = False,
     rank: int = 0,
     world_size: int = 1,
     workers: int = 0,
@@ -144,7 +180,7 @@ def encode_features(
     manifest.parquet and skips.json (an error if any planned shard is not encoded)."""
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = tower.fingerprint()
-    plans, roots, reader_skips = plan(sources, tower, shard_mb, strict)
+    plans, roots, reader_skips = plan(sources, tower, shard_mb, strict, outside_root)
     mine = [p for p in plans if p.index % world_size == rank]
     for p in mine:  # temp files of this rank's shards left by a crash
         for tmp in out.glob(f".{p.name}.*.tmp"):
@@ -164,6 +200,7 @@ def encode_features(
             workers,
             streams,
             strict,
+            limits,
             fingerprint["id"],
             report,
             progress,
@@ -189,8 +226,43 @@ def encode_features(
                 "total": len(reader_skips) + len(skipped),
             },
         )
+        _tally(report, table, reader_skips, sources)
     log.info("features: %s", report.summary())
     return report
+
+
+def _tally(
+    report: FeatureReport, table: Any, reader_skips: list[Skip], sources: Sequence[Source]
+) -> None:
+    """Per split, the records offered (read, used or not) and the skipped ones by reason."""
+    split_of = {str(src.json): src.split for src in sources}
+    for src in sources:
+        report.ledgers.setdefault(src.split, SkipLedger())
+        report.offered.setdefault(src.split, 0)
+    for skip in reader_skips:
+        split = split_of[skip.file]
+        report.ledgers[split].add(f"reader: {_short(skip.reason)}", skip.id)
+        report.offered[split] += 1
+    rows = zip(
+        table["split"].to_pylist(),
+        table["status"].to_pylist(),
+        table["record_ids"].to_pylist(),
+        table["key"].to_pylist(),
+        table["reason"].to_pylist(),
+        strict=True,
+    )
+    for split, status, records, key, reason in rows:
+        if split not in report.offered:
+            continue
+        report.offered[split] += len(records or [key])
+        if status == "skipped":
+            for rid in records or [key]:
+                report.ledgers[split].add(f"reader: {_short(reason)}", str(rid))
+
+
+def _short(reason: str | None) -> str:
+    """`missing image: data/x.jpg` → `missing image` (what a skip is counted by)."""
+    return (reason or "unknown").split(":")[0].split(" (")[0][:80]
 
 
 def _encode(
@@ -202,13 +274,14 @@ def _encode(
     workers: int,
     streams: int,
     strict: bool,
+    limits: ImageLimits,
     encoder_id: str,
     report: FeatureReport,
     progress: Progress | None,
 ) -> None:
     image_items = [(it, roots[it.split]) for p in todo for it in p.items if it.image is not None]
     features = _feature_stream(
-        image_items, tower, batch_size, workers, streams, strict, progress, report
+        image_items, tower, batch_size, workers, streams, strict, limits, progress, report
     )
     try:
         for plan in todo:
@@ -251,6 +324,7 @@ def _write_shard(
             assert key == item.key, f"feature stream out of order: {key} != {item.key}"
             if feats is None:
                 rows.append({**row, "status": "skipped", "reason": reason})
+                report.decode_skipped += 1
                 continue
             row["has_features"] = True
             report.images += 1
@@ -283,6 +357,7 @@ def _feature_stream(
     workers: int,
     streams: int,
     strict: bool,
+    limits: ImageLimits,
     progress: Progress | None,
     report: FeatureReport,
 ) -> Generator[tuple[str, np.ndarray | None, str | None], None, None]:
@@ -291,7 +366,7 @@ def _feature_stream(
     Batches are encoded by `streams` threads (`streams.py`); images are decoded by `workers`
     processes ahead of them, or, with none, by the stream that encodes the batch, so one
     stream's decoding overlaps another's forward."""
-    images = _Images(items, tower.spec)
+    images = _Images(items, tower.spec, limits)
     spans = _spans(len(items), batch_size, streams)
     jobs: Iterator[Any]
     if workers:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from msr.data.images import DEFAULT_LIMITS, ImageLimits, ImageSkip, check_header
 
 log = logging.getLogger(__name__)
 
@@ -66,29 +66,32 @@ def read_llava_json(
     *,
     strict: bool = False,
     check_images: bool = True,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    aspect: str = "pad",
+    outside_root: bool = False,
 ) -> ReadResult:
-    """Read and validate a LLaVA-format json array of records."""
+    """Read and validate a LLaVA-format json array of records. Image paths are relative to
+    `image_root`; an absolute or `..` path is a skip unless `outside_root`. With `check_images`,
+    each image's header is read and its size checked against `limits`."""
     json_path, image_root = Path(json_path), Path(image_root)
-    try:
-        raw = json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"training json {json_path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"{json_path} is not valid json: {err.msg} at line {err.lineno}, column {err.colno}"
-        ) from None
+    raw = _load_json(json_path)
     if not isinstance(raw, list):
         raise DataError(f"{json_path} must hold a json array of records, got {type(raw).__name__}")
     result = ReadResult(records=[])
     seen: set[str] = set()
     for n, item in enumerate(raw):
-        rid = str(item.get("id", f"#{n}")) if isinstance(item, dict) else f"#{n}"
+        rid = _record_id(item, n)
         try:
             record = _parse(item, n)
             if record.id in seen:
                 raise DataError(f"duplicate id: {record.id!r} appears more than once")
-            if check_images and record.image is not None:
-                _check_image(image_root / record.image)
+            if record.image is not None:
+                _check_path(record.image, outside_root)
+                if check_images:
+                    try:
+                        check_header(image_root / record.image, limits, aspect)
+                    except ImageSkip as skip:
+                        raise DataError(str(skip)) from None
         except DataError as err:
             if strict:
                 raise DataError(f"{json_path}: record {rid}: {err}") from None
@@ -107,11 +110,75 @@ def read_llava_json(
     return result
 
 
+def _load_json(path: Path) -> Any:
+    """The parsed file, or a `DataError` naming the file and where it went wrong."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"training json {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"training json {path} is a folder, not a json file") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} is not UTF-8: byte 0x{data[err.start]:02x} at offset {err.start} (line "
+            f"{line}); save it as UTF-8"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{path} is not valid json: {err.msg} at line {err.lineno}, column {err.colno}"
+        ) from None
+
+
+def _record_id(item: Any, n: int) -> str:
+    """The record's id for a skip report (its position when it has none usable)."""
+    rid = item.get("id") if isinstance(item, dict) else None
+    if isinstance(rid, (str, int)) and not isinstance(rid, bool) and _is_text(str(rid)):
+        return str(rid)
+    return f"#{n}"
+
+
+def _is_text(text: str) -> bool:
+    """Encodable as UTF-8 (json may carry a lone surrogate such as \\udc80, a tokenizer may not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(
+            f"invalid text: {where} holds a lone surrogate {text[err.start]!r} at character "
+            f"{err.start} (not encodable as UTF-8)"
+        ) from None
+
+
+def _check_path(image: str, outside_root: bool) -> None:
+    """An image path stays inside its image folder: relative, without `..`."""
+    if outside_root:
+        return
+    parts = Path(image).parts
+    if Path(image).is_absolute() or ".." in parts or image.startswith("~"):
+        raise DataError(
+            f"image path outside the image folder: {image!r} (paths are relative to the image "
+            "folder; set data.images_outside_root=true to allow absolute and '..' paths)"
+        )
+
+
 def _parse(item: Any, n: int) -> Record:
     if not isinstance(item, dict):
         raise DataError(f"malformed record: expected an object, got {type(item).__name__}")
     if "id" not in item or not isinstance(item["id"], (str, int)):
         raise DataError(f"malformed record: missing or non-string/int 'id' (entry {n})")
+    _check_text(str(item["id"]), "the id")
     convs = item.get("conversations")
     if not isinstance(convs, list) or not convs:
         raise DataError("malformed record: 'conversations' must be a non-empty list")
@@ -128,6 +195,7 @@ def _parse(item: Any, n: int) -> Record:
             raise DataError(
                 f"wrong role order: turn {i} is from {turn['from']!r}, expected {expected!r}"
             )
+        _check_text(turn["value"], f"turn {i}")
         turns.append((turn["from"], turn["value"]))
     if len(turns) % 2:
         raise DataError(f"wrong role order: {len(turns)} turns, the last human turn has no answer")
@@ -141,6 +209,7 @@ def _parse(item: Any, n: int) -> Record:
         return Record(str(item["id"]), None, tuple(turns), "text")
     if not isinstance(image, str) or not image:
         raise DataError(f"malformed record: 'image' must be a relative path, got {image!r}")
+    _check_text(image, "the image path")
     if tokens != 1:
         what = "no" if tokens == 0 else f"{tokens}"
         raise DataError(
@@ -148,14 +217,3 @@ def _parse(item: Any, n: int) -> Record:
         )
     source = image.split("/", 1)[0] if "/" in image else "images"
     return Record(str(item["id"]), image, tuple(turns), source)
-
-
-def _check_image(path: Path) -> None:
-    """The file exists and its header parses as an image (no full decode: that happens at encoding)."""
-    if not path.is_file():
-        raise DataError(f"missing image: {path}")
-    try:
-        with Image.open(path) as img:
-            img.size  # noqa: B018 (parsing the header is the check)
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"unreadable image: {path} ({err})") from None

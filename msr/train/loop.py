@@ -264,17 +264,17 @@ def _train(
                     progress(step, run.total, metrics)
             if position["samples"] >= next_check:
                 next_check = position["samples"] + CHECK_EVERY
-                _check_skips(skipped, run.data, position["samples"], limit, stage, topo)
+                _check_skips(skipped, position["samples"], limit, stage, topo)
             if step % cfg.save_every == 0 and step < run.total:
                 engine.save(run.checkpoints, {**position, "skips": skipped.state(),
                                               "identity": run.identity})  # fmt: skip
         if step < run.total or position["micro"] >= epoch_end or batch is not None:
             _drain(batches, batch, skipped)  # the epoch ended: name what was read but not used
-            _check_skips(skipped, run.data, position["samples"], limit, stage, topo)
+            _check_skips(skipped, position["samples"], limit, stage, topo)
         if step < run.total:
             position.update(epoch=position["epoch"] + 1, micro=0, skips=skipped.state())
 
-    _check_skips(skipped, run.data, position["samples"], limit, stage, topo)
+    _check_skips(skipped, position["samples"], limit, stage, topo)
     result = _finish(params, run, position, skipped, window, clock, resumed_from, seen, trace_dir)
     logger.close(asdict(result))
     return result
@@ -354,15 +354,16 @@ def _drain(batches: Iterator[Batch], pending: Batch | None, skipped: SkipLedger)
 
 
 def _check_skips(
-    skipped: SkipLedger, data: FeatureSplit, samples: int, limit: float, stage: str, topo: Topology
+    skipped: SkipLedger, samples: int, limit: float, stage: str, topo: Topology
 ) -> None:
-    """Stop (on every rank at once) when bad samples exceed `data.max_skip_share` so far."""
-    bad = all_sum(skipped.bad, topo) + data.skipped.bad
+    """Stop (on every rank at once) when the samples training met and could not use exceed
+    `data.max_skip_share` of those met so far. Each share keeps one population on both sides: the
+    reader's skips were held against the records offered when the stage started (`_prepare`);
+    here the template's and the loader's against the samples met."""
+    bad = all_sum(skipped.bad, topo)
     if bad / max(1, samples + bad) <= limit:
         return
-    ledger = gather_skips(skipped, topo)
-    ledger.merge(data.skipped)
-    check_share(bad, samples + bad, limit, stage, ledger)
+    check_share(bad, samples + bad, limit, f"{stage} (samples met)", gather_skips(skipped, topo))
 
 
 class _Clock:
