@@ -470,16 +470,20 @@ def predict(
     ] = None,
 ) -> None:
     """Answer one question about one image with a trained model."""
+    from msr.data.images import ImageSkip, open_image
     from msr.eval.benchmarks import ImageRef, Question
     from msr.eval.generate import GenerationArgs, Generator
     from msr.models.mllm import MLLM
+    from msr.train.checkpoint import CheckpointError
 
     p = _load(params, set_)
-    if not image.exists():
-        raise _fail(f"image {image} does not exist")
+    try:  # read (bounded, decoded) before the model is loaded: a bad file fails in a second
+        open_image(image, p.data.image_limits).close()
+    except ImageSkip as err:
+        raise _fail(f"--image: {err}") from None
     try:
         loaded = MLLM.from_pretrained(model or Path(p.paths.finetune), dtype=p.eval.dtype)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, CheckpointError, ValueError) as err:
         raise _fail(str(err)) from None
     generator = Generator(loaded, GenerationArgs(max_new_tokens=p.eval.max_new_tokens))
     answer = generator.answer(
@@ -604,12 +608,16 @@ def compare(
                 f"--from-json {from_json}: not a `dvc exp show --json` output ({err})"
             ) from None
     else:
-        cmd = ["dvc", "exp", "show", "--json", *(["--all-branches"] if all_branches else [])]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # dvc from this interpreter's environment: found with or without an activated venv
+        args = ["exp", "show", "--json", *(["--all-branches"] if all_branches else [])]
+        proc = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise _fail(f"{' '.join(cmd)} failed: {proc.stderr.strip()[-500:]}")
+            raise _fail(f"dvc {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
         rows = json.loads(proc.stdout)
-    experiments = cmp.attach_items(cmp.from_exp_show(rows), _read_at_rev)
+    try:
+        experiments = cmp.attach_items(cmp.from_exp_show(rows), _read_at_rev)
+    except cmp.CompareError as err:
+        raise _fail(f"{from_json or 'dvc exp show'}: {err}") from None
     if exp:
         unknown = sorted(set(exp) - {e.name for e in experiments})
         if unknown:

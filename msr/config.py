@@ -460,7 +460,18 @@ def load_params(path: str | Path, overrides: Iterable[str] = ()) -> Params:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise ParamsError(f"params file {path} does not exist") from None
+        from msr.presets import list_presets
+
+        hint = (
+            f"; {path.name!r} is a preset: `msr preset use {path.name}` writes it to params.yaml"
+            if path.name in list_presets()
+            else ""
+        )
+        raise ParamsError(f"params file {path} does not exist{hint}") from None
+    except IsADirectoryError:
+        raise ParamsError(f"params file {path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 text (byte offset {err.start})") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):

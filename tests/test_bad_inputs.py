@@ -224,3 +224,282 @@ def test_reader_skips_count_against_the_records_offered_not_the_samples_trained(
     with pytest.raises(TooManySkips, match=r"pretrain \(pretrain features\): 25 of 1500 samples"):
         train(parse_params(raw), "pretrain")
     assert not (tmp_path / "pretrain-strict" / "projector.safetensors").exists()
+
+
+# --- damaged artifacts: one line naming the file, what is wrong and what rebuilds it -------------
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_workspace: Params, tmp_path_factory: pytest.TempPathFactory) -> Params:
+    """Features, a stage-1 projector, a stage-2 model and an interrupted stage 2 with its last
+    checkpoint, of the tiny preset (a few steps each)."""
+    root = tmp_path_factory.mktemp("trained")
+    raw = tiny_workspace.model_dump(mode="json")
+    raw["paths"].update(
+        features=str(root / "features"),
+        pretrain=str(root / "pretrain"),
+        finetune=str(root / "finetune"),
+        reports=str(root / "reports"),
+    )
+    fast = {"per_device_batch": 2, "log_every": 1, "loader_workers": 0}
+    raw["pretrain"].update(fast, max_steps=2)
+    raw["finetune"].update(fast, max_steps=4, save_every=2)
+    p = parse_params(raw)
+    features.run(p, workers=0)
+    train(p, "pretrain")
+    train(p, "finetune")
+    raw["paths"]["finetune"] = str(root / "interrupted")
+
+    def stop(step: int, total: int, metrics: dict[str, float]) -> None:
+        if step == 3:
+            raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(parse_params(raw), "finetune", progress=stop)  # type: ignore[arg-type]
+    return p
+
+
+def _copy(trained: Params, tmp_path: Path, *dirs: str, fresh_stage1: bool = False) -> Params:
+    """`trained` with its own copy of the named paths (features, pretrain, finetune, interrupted),
+    so that a case can damage them, and its own empty output folders."""
+    raw = trained.model_dump(mode="json")
+    for key in (
+        "pretrain",
+        "finetune",
+        "reports",
+    ):  # a stage's outputs: nothing there unless copied
+        raw["paths"][key] = str(tmp_path / key)
+    if "pretrain" not in dirs and not fresh_stage1:  # stage 2 reads the fixture's stage 1
+        raw["paths"]["pretrain"] = trained.paths.pretrain
+    if "features" in dirs:  # (a resumed run must read the features it was started on)
+        raw["paths"]["features"] = str(tmp_path / "features")
+    for name in dirs:
+        key = "finetune" if name == "interrupted" else name
+        shutil.copytree(Path(trained.paths.finetune).parent / name, tmp_path / key)
+    return parse_params(raw)
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+
+def _first(folder: Path, pattern: str) -> Path:
+    return sorted(folder.glob(pattern))[0]
+
+
+def _stage_fails(p: Params, stage: str, error: type[Exception], match: str, **kw: Any) -> str:
+    from msr.train.checkpoint import CheckpointError
+    from msr.train.data import TrainingError
+
+    assert error in (CheckpointError, TrainingError)
+    with pytest.raises(error, match=match) as err:
+        train(p, stage, **kw)  # type: ignore[arg-type]
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+ARTIFACTS: dict[str, tuple[tuple[str, ...], Callable[[Params], None], str, str, str]] = {
+    # case: (paths copied, damage, stage, error class, message)
+    "truncated shard": (
+        ("features",),
+        lambda p: _truncate(_first(Path(p.paths.features), "pretrain-*.tar")),
+        "pretrain",
+        "TrainingError",
+        r"feature shard .*pretrain-000000.tar is \d+ bytes on disk, \d+ recorded .*rerun `msr "
+        "features`",
+    ),
+    "missing shard": (
+        ("features", "pretrain"),
+        lambda p: _first(Path(p.paths.features), "instruct-*.tar").unlink(),
+        "finetune",
+        "TrainingError",
+        r"feature shard .*instruct-000000.tar is listed in the manifest but missing",
+    ),
+    "truncated manifest": (
+        ("features",),
+        lambda p: _truncate(Path(p.paths.features) / "manifest.parquet"),
+        "pretrain",
+        "TrainingError",
+        r"feature manifest .*manifest.parquet is damaged .*`msr features --merge-only`",
+    ),
+    "damaged skips.json": (
+        ("features",),
+        lambda p: (Path(p.paths.features) / "skips.json").write_text('{"reader": [1, 2]}'),
+        "pretrain",
+        "TrainingError",
+        r"skips.json is damaged .*`msr features --merge-only`",
+    ),
+    "corrupt stage-1 projector weights": (
+        ("features", "pretrain"),
+        lambda p: (Path(p.paths.pretrain) / "projector.safetensors").write_bytes(b"\x08" * 64),
+        "finetune",
+        "CheckpointError",
+        r"projector.safetensors is damaged \(safetensors: .*\); rerun stage 1 \(`msr pretrain`\)",
+    ),
+    "truncated projector.json": (
+        ("features", "pretrain"),
+        lambda p: _truncate(Path(p.paths.pretrain) / "projector.json"),
+        "finetune",
+        "CheckpointError",
+        r"projector.json is damaged \(not valid json",
+    ),
+    "truncated checkpoint state.json": (
+        ("interrupted",),
+        lambda p: _truncate(Path(p.paths.finetune) / "checkpoints" / "last" / "state.json"),
+        "finetune",
+        "CheckpointError",
+        r"state.json is damaged \(not valid json: .*\); start over with `--resume no`",
+    ),
+    "truncated checkpoint weights": (
+        ("interrupted",),
+        lambda p: _truncate(
+            Path(p.paths.finetune) / "checkpoints" / "last" / "trainable.safetensors"
+        ),
+        "finetune",
+        "CheckpointError",
+        r"trainable.safetensors is damaged .*`--resume no`",
+    ),
+    "truncated optimizer state": (
+        ("interrupted",),
+        lambda p: _truncate(Path(p.paths.finetune) / "checkpoints" / "last" / "optimizer.pt"),
+        "finetune",
+        "CheckpointError",
+        r"optimizer.pt is damaged .*`--resume no`",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ARTIFACTS))
+def test_a_damaged_artifact_is_named_where_it_is_read(
+    case: str, trained: Params, tmp_path: Path
+) -> None:
+    from msr.train import checkpoint, data
+
+    dirs, damage, stage, error, match = ARTIFACTS[case]
+    p = _copy(trained, tmp_path, *dirs, fresh_stage1=stage == "pretrain")
+    damage(p)
+    cls = checkpoint.CheckpointError if error == "CheckpointError" else data.TrainingError
+    _stage_fails(p, stage, cls, match, resume="auto")
+    out = Path(p.paths.pretrain if stage == "pretrain" else p.paths.finetune)
+    assert not (out / "projector.safetensors").exists()  # nothing half-written
+
+
+def test_a_damaged_checkpoint_is_left_behind_with_resume_no(
+    trained: Params, tmp_path: Path
+) -> None:
+    p = _copy(trained, tmp_path, "interrupted")
+    _truncate(Path(p.paths.finetune) / "checkpoints" / "last" / "state.json")
+    assert train(p, "finetune", resume="no").steps == 4
+
+
+class _Payload:
+    """Unpickling this calls print — stands for any code a tampered checkpoint would run."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (print, ("pwned",))
+
+
+def test_a_refused_pickle_does_not_advise_loading_it_anyway(
+    trained: Params, tmp_path: Path
+) -> None:
+    import torch
+
+    from msr.train.checkpoint import CheckpointError
+
+    p = _copy(trained, tmp_path, "interrupted")
+    last = Path(p.paths.finetune) / "checkpoints" / "last"
+    torch.save({"state": {}, "param_groups": [], "x": _Payload()}, last / "optimizer.pt")
+    message = _stage_fails(
+        p, "finetune", CheckpointError, "optimizer.pt holds more than", resume="yes"
+    )
+    assert "weights_only=False" not in message and "Unsupported global" in message
+
+
+# --- the command line: errors, never tracebacks --------------------------------------------------
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"a traceback: {result.exception!r}\n{result.output}")
+    return result.exit_code, result.output
+
+
+def _params_file(p: Params, tmp_path: Path) -> Path:
+    import yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(p.model_dump(mode="json")))
+    return path
+
+
+def _damage_llm(p: Params) -> None:
+    (Path(p.paths.finetune) / "llm" / "model.safetensors").write_bytes(b"\x08" * 64)
+
+
+def _unknown_projector(p: Params) -> None:
+    path = Path(p.paths.finetune) / "projector.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "name": "honeybee"}))
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (_damage_llm, r"the LLM in .*llm cannot be loaded \(.*damaged.*\); rerun stage 2"),
+        (_unknown_projector, r"projector.json describes no projector msr can build: .*honeybee"),
+        (lambda p: _truncate(Path(p.paths.finetune) / "mllm.json"), r"mllm.json is damaged"),
+    ],
+)
+def test_predict_names_a_damaged_model(
+    trained: Params, tmp_path: Path, damage: Callable[[Params], None], match: str
+) -> None:
+    p = _copy(trained, tmp_path, "finetune")
+    damage(p)
+    image = _first(Path(p.data.pretrain_images), "*/*.jpg")
+    code, out = _cli(["predict", "--image", str(image), "--question", "What colour?",
+                      "--params", str(_params_file(p, tmp_path))])  # fmt: skip
+    assert code == 2 and re.search(match, " ".join(out.split())), out
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("answers.json", b"[1, 2, 3]", r"--image: unreadable image: .*answers.json"),
+        ("gone.png", None, r"--image: missing image: .*gone.png"),
+        ("bomb.png", png_declaring(30000, 30000), r"--image: image too large: .*bomb.png"),
+    ],
+)
+def test_predict_names_a_bad_image(
+    trained: Params, tmp_path: Path, name: str, content: bytes | None, match: str
+) -> None:
+    image = tmp_path / name
+    if content is not None:
+        image.write_bytes(content)
+    code, out = _cli(["predict", "--image", str(image), "--question", "What colour?",
+                      "--params", str(_params_file(trained, tmp_path))])  # fmt: skip
+    assert code == 2 and re.search(match, " ".join(out.split())), out
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ('{"rev": "workspace"}', r"not a `dvc exp show --json` output: expected a list"),
+        ('[{"rev": "abc", "data": "metrics"}]', r"not a `dvc exp show --json` output"),
+        ("[1, 2]", r"not a `dvc exp show --json` output"),
+    ],
+)
+def test_compare_names_a_json_of_another_shape(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "exp.json"
+    path.write_text(content)
+    code, out = _cli(["compare", "--from-json", str(path), "--out", str(tmp_path / "c")])
+    assert code == 2 and re.search(match, " ".join(out.split())), out
+
+
+def test_a_preset_name_given_as_params_file_is_named_a_preset(tmp_path: Path) -> None:
+    code, out = _cli(["train", "--params", "tiny"])
+    assert code == 2 and "'tiny' is a preset: `msr preset use tiny`" in " ".join(out.split())

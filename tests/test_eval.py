@@ -229,7 +229,7 @@ def test_predict_cli(trained: Params, tmp_path: Path) -> None:
     missing = CliRunner().invoke(
         app, ["predict", "--params", str(params_file), "--image", "nope.jpg", "--question", "q"]
     )
-    assert missing.exit_code == 2 and "does not exist" in missing.output
+    assert missing.exit_code == 2 and "missing image: nope.jpg" in missing.output
 
 
 def write_custom_set(trained: Params, root: Path, metric: str = "exact_match") -> dict[str, str]:

@@ -362,7 +362,7 @@ def test_too_many_unusable_samples_stop_with_the_reasons(workspace: Params, tmp_
     raw["finetune"].update(per_device_batch=1, max_steps=3, loader_workers=1)
     with pytest.raises(
         TooManySkips,
-        match=r"finetune: 14 of 17 samples .* were skipped as unusable, more than "
+        match=r"finetune \(samples met\): 14 of 17 samples .* were skipped as unusable, more than "
         r"data.max_skip_share=0.01; top reasons: template: max_length=60 cuts into the image tokens: 14",
     ):
         train(parse_params(raw), "finetune")

@@ -195,6 +195,42 @@ def read_manifest(out: Path) -> tuple[pa.Table, dict[str, Any]]:
     path = out / MANIFEST
     if not path.exists():
         raise FileNotFoundError(f"no feature manifest at {path}; run `msr features` first")
-    table = pq.read_table(path)
-    meta = table.schema.metadata or {}
-    return table, json.loads(meta.get(b"fingerprint", b"{}"))
+    try:
+        table = pq.read_table(path)
+        fingerprint = json.loads((table.schema.metadata or {}).get(b"fingerprint", b"{}"))
+    except (pa.ArrowException, OSError, ValueError) as err:
+        raise ShardError(
+            f"feature manifest {path} is damaged ({type(err).__name__}: {err}); rerun "
+            "`msr features --merge-only` to rebuild it from the shards' fragments"
+        ) from None
+    missing = [c for c in SCHEMA.names if c not in table.column_names]
+    if missing:
+        raise ShardError(
+            f"feature manifest {path} lacks the columns {missing}; rerun `msr features`"
+        )
+    return table, fingerprint
+
+
+def check_shards(out: Path, shards: Iterable[str]) -> None:
+    """Each listed shard (a tar name in `out`) is on disk at the size its fragment recorded: a
+    truncated or missing shard is an error naming it before training starts, not a `tarfile` error
+    in a loader worker."""
+    for name in shards:
+        tar, frag = out / name, (out / name).with_suffix(".parquet")
+        if not tar.is_file():
+            raise ShardError(
+                f"feature shard {tar} is listed in the manifest but missing; rerun `msr features`"
+            )
+        try:
+            meta = pq.read_schema(frag).metadata or {}
+        except (pa.ArrowException, OSError) as err:
+            raise ShardError(
+                f"the fragment {frag} of shard {tar} is missing or damaged ({err}); delete both "
+                "and rerun `msr features`"
+            ) from None
+        recorded, size = meta.get(b"tar_size", b"?").decode(), tar.stat().st_size
+        if recorded != str(size):
+            raise ShardError(
+                f"feature shard {tar} is {size} bytes on disk, {recorded} recorded (truncated or "
+                "edited); delete it and its .parquet, then rerun `msr features`"
+            )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel
 
 from msr.data.templates import Template, make_template
@@ -166,7 +167,10 @@ def load_causal_lm(
     }
     if gguf_file is not None:
         kwargs.update(gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True))
-    llm = AutoModelForCausalLM.from_pretrained(resolve(model), **kwargs)
+    try:
+        llm = AutoModelForCausalLM.from_pretrained(resolve(model), **kwargs)
+    except SafetensorError as err:  # names no file by itself
+        raise OSError(f"the weights of {model} are damaged (safetensors: {err})") from None
     if gguf_file is not None:  # dense now: nothing of the file's quantisation is left to record
         llm.config.quantization_config = None
         setattr(llm, "hf_quantizer", None)  # noqa: B010  (typed as a module attribute)

@@ -190,12 +190,23 @@ class MLLM(nn.Module):
             raise FileNotFoundError(
                 f"no trained model in {directory} ({CONFIG} missing): run `msr finetune` first"
             )
-        config = MLLMConfig(**json.loads((directory / CONFIG).read_text()))
+        fix = "rerun stage 2 (`msr finetune`) to rebuild it"
+        raw = ckpt.read_json(directory / CONFIG, fix)
+        try:
+            config = MLLMConfig(**raw)
+        except TypeError as err:
+            raise ckpt.CheckpointError(f"{directory / CONFIG} is damaged ({err}); {fix}") from None
         backbone = load_vision(**config.vision) if vision else None
-        llm = load_causal_lm(str(directory / LLM_DIR), dtype=dtype)
-        tokenizer = load_tokenizer(str(directory / LLM_DIR))
+        try:
+            llm = load_causal_lm(str(directory / LLM_DIR), dtype=dtype)
+            tokenizer = load_tokenizer(str(directory / LLM_DIR))
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ckpt.CheckpointError(
+                f"the LLM in {directory / LLM_DIR} cannot be loaded ({first}); {fix}"
+            ) from None
         template = load_template(config.template, tokenizer, str(directory), config.system)
-        projector = ckpt.load_projector(directory).to(DTYPES[dtype])
+        projector = ckpt.load_projector(directory, fix=fix).to(DTYPES[dtype])
         model = cls(llm, projector, backbone, tokenizer=tokenizer, template=template, config=config)
         model.fingerprint = files_fingerprint(directory, backbone)
         return model.to(device).eval()

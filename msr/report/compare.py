@@ -68,7 +68,20 @@ class CompareError(ValueError):
 
 def from_exp_show(rows: list[dict[str, Any]]) -> list[Experiment]:
     """Experiments of `dvc exp show --json`: the workspace, each commit or branch, and each of
-    their experiments, in that order; entries without eval metrics are left out."""
+    their experiments, in that order; entries without eval metrics are left out. Input of another
+    shape is a CompareError saying what was expected."""
+    try:
+        return _from_exp_show(rows)
+    except (AttributeError, KeyError, TypeError) as err:
+        raise CompareError(
+            "not a `dvc exp show --json` output: expected a list of commits, each an object with "
+            f"'rev', 'data' and 'experiments' ({type(err).__name__}: {err})"
+        ) from None
+
+
+def _from_exp_show(rows: list[dict[str, Any]]) -> list[Experiment]:
+    if not isinstance(rows, list):
+        raise TypeError(f"the top level is a {type(rows).__name__}, not a list")
     found: list[Experiment] = []
 
     def add(entry: dict[str, Any], name: str, rev: str | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
@@ -28,7 +29,31 @@ PROJECTOR_WEIGHTS, PROJECTOR_CONFIG = "projector.safetensors", "projector.json"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not fit what the params ask for; the message lists the differences."""
+    """A checkpoint that does not fit what the params ask for (the message lists the differences),
+    or one that is damaged (the message names the file and how to rebuild it)."""
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """A json file of a checkpoint, or a CheckpointError naming it and `fix` (how to rebuild it)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is damaged (not valid json: {err}); {fix}") from None
+
+
+def read_tensors(path: Path, fix: str) -> dict[str, torch.Tensor]:
+    """A safetensors file of a checkpoint, or a CheckpointError naming it and `fix`."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing; {fix}") from None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is damaged (safetensors: {err}); {fix}") from None
+
+
+RESUME_FIX = "start over with `--resume no` (or delete the checkpoint directory)"
 
 
 def projector_config(projector: Projector, options: dict[str, Any]) -> dict[str, Any]:
@@ -75,18 +100,26 @@ def build_from_config(cfg: dict[str, Any]) -> Projector:
     )
 
 
-def load_projector(directory: Path, expected: dict[str, Any] | None = None) -> Projector:
+def load_projector(
+    directory: Path,
+    expected: dict[str, Any] | None = None,
+    fix: str = "rerun the stage that wrote it",
+) -> Projector:
     """Build the projector a checkpoint describes and load its weights (strict).
 
     `expected` is the config the caller needs (from `projector_config` of a freshly built projector):
-    any difference is a CheckpointError listing each field, checkpoint vs expected.
+    any difference is a CheckpointError listing each field, checkpoint vs expected. A damaged file
+    is a CheckpointError naming it and `fix`.
     """
     cfg_path = directory / PROJECTOR_CONFIG
     if not cfg_path.exists():
         raise CheckpointError(
-            f"no projector checkpoint in {directory} ({PROJECTOR_CONFIG} missing)"
+            f"no projector checkpoint in {directory} ({PROJECTOR_CONFIG} missing); {fix}"
         )
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_json(cfg_path, fix)
+    fields = ("name", "vision_dim", "llm_dim", "num_queries", "grid", "options")
+    if not isinstance(cfg, dict) or any(k not in cfg for k in fields):
+        raise CheckpointError(f"{cfg_path} is damaged (it needs the fields {list(fields)}); {fix}")
     if expected is not None:
         diffs = [
             f"{key}: checkpoint has {cfg.get(key)!r}, params ask for {expected.get(key)!r}"
@@ -98,8 +131,11 @@ def load_projector(directory: Path, expected: dict[str, Any] | None = None) -> P
                 f"{directory} holds a different projector than the params describe: "
                 + "; ".join(diffs)
             )
-    projector = build_from_config(cfg)
-    state = load_file(directory / PROJECTOR_WEIGHTS)
+    try:
+        projector = build_from_config(cfg)
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{cfg_path} describes no projector msr can build: {err}") from None
+    state = read_tensors(directory / PROJECTOR_WEIGHTS, fix)
     missing, unexpected = projector.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -128,8 +164,8 @@ def save_rng_state(directory: Path, name: str = "rng") -> None:
 
 
 def load_rng_state(directory: Path, name: str = "rng") -> None:
-    meta = json.loads((directory / f"{name}.json").read_text())
-    tensors = load_file(str(directory / f"{name}.safetensors"))
+    meta = read_json(directory / f"{name}.json", RESUME_FIX)
+    tensors = read_tensors(directory / f"{name}.safetensors", RESUME_FIX)
     version, words, gauss = meta["python"]
     random.setstate((version, tuple(words), gauss))
     kind, keys, pos, has_gauss, cached = meta["numpy"]
@@ -149,9 +185,21 @@ def safe_torch_load(path: Path, allowed: tuple[Any, ...] = ()) -> Any:
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path} holds more than tensors and plain values, so it is not loaded (it could run "
-            f"code when unpickled; remove the checkpoint directory to start over): "
-            f"{str(err).splitlines()[0]}"
+            f"code when unpickled): {_unpickler_reason(str(err))}; {RESUME_FIX}"
         ) from None
+    except (RuntimeError, EOFError, OSError) as err:  # truncated or not a torch file
+        raise CheckpointError(
+            f"{path} is damaged ({type(err).__name__}: {err}); {RESUME_FIX}"
+        ) from None
+
+
+def _unpickler_reason(message: str) -> str:
+    """The line of torch's refusal that says what was refused, without its advice to load the file
+    anyway (`weights_only=False`)."""
+    for line in message.splitlines():
+        if "WeightsUnpickler error" in line or "Unsupported global" in line:
+            return line.strip().removeprefix("WeightsUnpickler error: ")
+    return "an object that is not a tensor or a plain value"
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -188,7 +236,7 @@ def load_training_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> dict[str, Any]:
     """Restore what `save_training_state` wrote; returns the position."""
-    weights = load_file(str(directory / "trainable.safetensors"))
+    weights = read_tensors(directory / "trainable.safetensors", RESUME_FIX)
     params = dict(model.named_parameters())
     unknown = sorted(set(weights) - {n for n, p in params.items() if p.requires_grad})
     if unknown:
@@ -201,4 +249,9 @@ def load_training_state(
     optimizer.load_state_dict(safe_torch_load(directory / "optimizer.pt"))
     scheduler.load_state_dict(safe_torch_load(directory / "scheduler.pt"))
     load_rng_state(directory)
-    return json.loads((directory / "state.json").read_text())
+    position = read_json(directory / "state.json", RESUME_FIX)
+    if not isinstance(position, dict):
+        raise CheckpointError(
+            f"{directory / 'state.json'} is damaged (not an object); {RESUME_FIX}"
+        )
+    return position

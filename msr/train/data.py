@@ -10,7 +10,7 @@ from pathlib import Path
 
 from msr.config import Params
 from msr.data.loader import Batch
-from msr.data.shards import read_manifest
+from msr.data.shards import ShardError, check_shards, read_manifest
 from msr.data.skips import SkipLedger
 from msr.models.vision import describe_vision
 
@@ -35,7 +35,7 @@ def feature_split(params: Params, split: str) -> FeatureSplit:
     root = Path(params.paths.features)
     try:
         table, fingerprint = read_manifest(root)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ShardError) as err:
         raise TrainingError(str(err)) from None
     expected, width, grid = describe_vision(v.model, **v.backbone_options)
     if fingerprint.get("id") != expected["id"]:
@@ -68,17 +68,34 @@ def feature_split(params: Params, split: str) -> FeatureSplit:
             for rid in records or [key]:
                 skipped.add(f"reader: {_short(reason)}", str(rid))
     source = params.data.pretrain_json if split == "pretrain" else params.data.instruct_json
-    skips_file = root / "skips.json"
-    if skips_file.exists():
-        for s in json.loads(skips_file.read_text()).get("reader", []):
-            if Path(s["file"]) == Path(source):
-                skipped.add(f"reader: {_short(s['reason'])}", str(s["id"]))
+    for s in _reader_skips(root / "skips.json"):
+        if Path(s["file"]) == Path(source):
+            skipped.add(f"reader: {_short(s['reason'])}", str(s["id"]))
     if not counts:
         raise TrainingError(
             f"no {split} shards in {root}: the manifest lists none (run `msr features`)"
         )
+    try:
+        check_shards(root, sorted(counts))
+    except ShardError as err:
+        raise TrainingError(str(err)) from None
     shards = [str(root / s) for s in sorted(counts)]
     return FeatureSplit(shards, {str(root / s): n for s, n in counts.items()}, width, grid, skipped)
+
+
+def _reader_skips(path: Path) -> list[dict[str, str]]:
+    """The reader's skips that `msr features` wrote (none when it wrote no file)."""
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())["reader"]
+        if not all(isinstance(r, dict) and {"id", "reason", "file"} <= r.keys() for r in rows):
+            raise ValueError("a row lacks id, reason or file")
+    except (ValueError, KeyError, TypeError) as err:
+        raise TrainingError(
+            f"{path} is damaged ({type(err).__name__}: {err}); rerun `msr features --merge-only`"
+        ) from None
+    return list(rows)
 
 
 def _short(reason: str | None) -> str:

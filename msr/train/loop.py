@@ -141,7 +141,9 @@ def build_model(
     projector, options = build_projector_for(params, data.width, llm.config.hidden_size, data.grid)
     if stage == "finetune":
         expected = ckpt.projector_config(projector, options)
-        stage1 = ckpt.load_projector(Path(params.paths.pretrain), expected)
+        stage1 = ckpt.load_projector(
+            Path(params.paths.pretrain), expected, fix="rerun stage 1 (`msr pretrain`)"
+        )
         projector.load_state_dict(stage1.state_dict())
     if dtype == "bf16" and cfg.deepspeed:  # one dtype for ZeRO's flat buffers; masters stay fp32
         projector.to(torch.bfloat16)

@@ -45,7 +45,12 @@ def should_resume(ckdir: Path, identity: str, resume: Resume, main: bool) -> boo
         if resume == "yes":
             raise TrainingError(f"--resume yes: no checkpoint in {ckdir}")
         return False
-    saved = json.loads(state.read_text()).get("identity")
+    if resume == "no":
+        if main:
+            log.warning("not resuming from %s (--resume no); starting over", ckdir)
+        return False
+    saved = ckpt.read_json(state, ckpt.RESUME_FIX)
+    saved = saved.get("identity") if isinstance(saved, dict) else None
     if saved == identity and resume in ("auto", "yes"):
         return True
     if resume == "yes":
@@ -53,6 +58,5 @@ def should_resume(ckdir: Path, identity: str, resume: Resume, main: bool) -> boo
             f"--resume yes: the checkpoint in {ckdir} was made with other params or world size"
         )
     if main:
-        why = "other params" if saved != identity else "--resume no"
-        log.warning("not resuming from %s (%s); starting over", ckdir, why)
+        log.warning("not resuming from %s (other params); starting over", ckdir)
     return False
