@@ -19,6 +19,7 @@ from PIL import Image
 from msr.config import Params, parse_params
 from msr.data.llava import DataError, read_llava_json
 from msr.data.skips import TooManySkips
+from msr.eval.benchmarks.base import ImageRef
 from msr.train.loop import train
 from stages import features
 
@@ -503,3 +504,51 @@ def test_compare_names_a_json_of_another_shape(tmp_path: Path, content: str, mat
 def test_a_preset_name_given_as_params_file_is_named_a_preset(tmp_path: Path) -> None:
     code, out = _cli(["train", "--params", "tiny"])
     assert code == 2 and "'tiny' is a preset: `msr preset use tiny`" in " ".join(out.split())
+
+
+# --- params: one line naming the key, the value and what is accepted ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("data.max_image_aspect=0.5", r"data.max_image_aspect.*greater than or equal to 1"),
+        ("data.max_image_pixels=-1", r"data.max_image_pixels.*greater than 0"),
+        ("data.max_skip_share=2", r"data.max_skip_share.*less than or equal to 1"),
+        ("data.images_outside_root=maybe", r"data.images_outside_root"),
+        ("projector.name=honeybee", r"projector: unknown projector 'honeybee'; known: avgpool"),
+        ("data.shard_gb=1", r"data.shard_gb"),
+        ("no_equals_sign", r"no_equals_sign"),
+    ],
+)
+def test_a_bad_param_is_one_line_naming_it(override: str, match: str) -> None:
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    code, out = _cli(["train", "--params", str(params), "--set", override])
+    assert code == 2 and re.search(match, " ".join(out.split())), out
+    assert len(out.strip().splitlines()) == 1, out
+
+
+# --- benchmark images: an evaluation skips no question, so a bad image is an error naming it ------
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda d: ImageRef(data=b"not an image"), r"unreadable image: an embedded image"),
+        (lambda d: ImageRef(data=png_declaring(30000, 30000)), r"image too large: an embedded"),
+        (
+            lambda d: ((d / "b.png").write_bytes(png_declaring(9000, 9000)), ImageRef(d / "b.png"))[
+                1
+            ],
+            r"image too large: .*b.png is 9000×9000",
+        ),
+        (lambda d: ((d / "t.jpg").write_text("x"), ImageRef(d / "t.jpg"))[1], r"unreadable image"),
+    ],
+)
+def test_a_bad_benchmark_image_is_an_error_naming_it(
+    tmp_path: Path, make: Callable[[Path], Any], match: str
+) -> None:
+    from msr.eval.benchmarks.base import BadImage
+
+    with pytest.raises(BadImage, match=match):
+        make(tmp_path).open()

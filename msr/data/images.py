@@ -10,6 +10,7 @@ once padded.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,21 +55,30 @@ DEFAULT_LIMITS = ImageLimits()
 
 
 def open_image(path: Path, limits: ImageLimits, aspect: str = "pad") -> Image.Image:
-    """The decoded image at `path` (RGB or its own mode), or `ImageSkip` naming why not."""
+    """The decoded image at `path` (in its own mode), or `ImageSkip` naming why not."""
+    if path.is_dir():
+        raise ImageSkip(f"missing image: {path} is a folder")
+    return _decoded(path, str(path), limits, aspect)
+
+
+def open_bytes(data: bytes, name: str, limits: ImageLimits, aspect: str = "pad") -> Image.Image:
+    """An image from bytes (a benchmark that embeds its images), checked as `open_image` does."""
+    return _decoded(io.BytesIO(data), name, limits, aspect)
+
+
+def _decoded(source: Path | io.BytesIO, name: str, limits: ImageLimits, aspect: str) -> Image.Image:
     try:
         with warnings.catch_warnings():  # our own limit decides, not PIL's bomb warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
     except FileNotFoundError:
-        raise ImageSkip(f"missing image: {path}") from None
-    except IsADirectoryError:
-        raise ImageSkip(f"missing image: {path} is a folder") from None
+        raise ImageSkip(f"missing image: {name}") from None
     except Image.DecompressionBombError as err:  # beyond PIL's own hard limit (179 MP)
-        raise ImageSkip(f"image too large: {path} ({err})") from None
+        raise ImageSkip(f"image too large: {name} ({err})") from None
     except Exception as err:
-        raise ImageSkip(f"unreadable image: {path} ({type(err).__name__}: {err})") from None
+        raise ImageSkip(f"unreadable image: {name} ({type(err).__name__}: {err})") from None
     try:
-        limits.check(img.size, path, aspect)
+        limits.check(img.size, Path(name), aspect)
         img.load()  # a single-frame file opened by name is closed here by PIL itself
     except ImageSkip:
         img.close()
@@ -76,10 +86,10 @@ def open_image(path: Path, limits: ImageLimits, aspect: str = "pad") -> Image.Im
     except MemoryError:
         img.close()
         w, h = img.size
-        raise ImageSkip(f"image too large: {path} ({w}×{h}: out of memory decoding it)") from None
+        raise ImageSkip(f"image too large: {name} ({w}×{h}: out of memory decoding it)") from None
     except Exception as err:
         img.close()
-        raise ImageSkip(f"unreadable image: {path} ({type(err).__name__}: {err})") from None
+        raise ImageSkip(f"unreadable image: {name} ({type(err).__name__}: {err})") from None
     return img
 
 

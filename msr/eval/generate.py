@@ -27,7 +27,7 @@ from msr.data.templates import Template
 from msr.data.tokenize import IMAGE_TOKEN_INDEX, tokenize_with_image
 from msr.eval.benchmarks.base import ImageRef, Question
 from msr.models.mllm import MLLM
-from msr.models.preprocess import prepare
+from msr.models.preprocess import ImageSpec, prepare
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]
@@ -43,6 +43,15 @@ class GenerationArgs:
 def _digest(image: ImageRef) -> str:
     """An image's content hash, once per image (POPE and MME ask several questions per image)."""
     return image.digest()
+
+
+def _prepared(image: ImageRef, spec: ImageSpec) -> Tensor:
+    """uint8 (3, S, S) of one image; `BadImage` (from `open`) names a file that cannot be used."""
+    img = image.open()
+    try:
+        return prepare(img, spec)
+    finally:
+        img.close()
 
 
 def stop_ids(tokenizer: Any, template: Template) -> list[int]:
@@ -210,7 +219,7 @@ class Generator:
             model = self.m
             assert model.vision is not None
             spec = model.vision.spec
-            pixels = torch.stack([prepare(im.open(), spec) for im in todo.values()])  # uint8
+            pixels = torch.stack([_prepared(im, spec) for im in todo.values()])  # uint8
             for d, f in zip(todo, model.encode_images(pixels), strict=True):  # (N, d) each
                 batch[d] = f
                 self.memo.put(d, f)

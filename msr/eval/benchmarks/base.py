@@ -12,7 +12,6 @@ right.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from msr.data.images import DEFAULT_LIMITS, ImageSkip, open_bytes, open_image
 from msr.eval.stats import interval, wilson
 
 SHORT = "\nAnswer the question using a single word or phrase."
@@ -32,6 +32,10 @@ class BenchmarkMissing(FileNotFoundError):
     """A benchmark directory or file is not where the adapter reads it."""
 
 
+class BadImage(ValueError):
+    """A benchmark image that cannot be decoded or breaks the size limits; names the file."""
+
+
 @dataclass(frozen=True)
 class ImageRef:
     """Where an image's bytes come from: a file, or bytes embedded in the question file."""
@@ -40,12 +44,20 @@ class ImageRef:
     data: bytes | None = None
 
     def open(self) -> Image.Image:
+        """The decoded image, bounded as training images are (`msr.data.images`); a file that
+        cannot be used is a `BadImage` naming it (an evaluation skips no question)."""
         if self.data is not None:
-            return Image.open(io.BytesIO(self.data))
+            try:
+                return open_bytes(self.data, "an embedded image", DEFAULT_LIMITS)
+            except ImageSkip as err:
+                raise BadImage(str(err)) from None
         assert self.path is not None
         if not self.path.exists():
             raise BenchmarkMissing(f"image {self.path} does not exist")
-        return Image.open(self.path)
+        try:
+            return open_image(self.path, DEFAULT_LIMITS)
+        except ImageSkip as err:
+            raise BadImage(str(err)) from None
 
     def digest(self) -> str:
         raw = self.data if self.data is not None else self.path.read_bytes() if self.path else b""
