@@ -453,7 +453,7 @@ def eval_(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
                 bar.update(tasks[name], completed=done)
 
             summary = stage.run(p, progress=update)
-    except (BenchmarkMissing, AnswersError, FileNotFoundError, ValueError) as err:
+    except (BenchmarkMissing, AnswersError, OSError, ValueError) as err:
         raise _fail(str(err)) from None
     for name, value in (summary or {}).get("headline", {}).items():  # rank 0 holds the summary
         console.print(f"{name}: {value:.2f}")

@@ -456,14 +456,15 @@ def _unknown_projector(p: Params) -> None:
         (lambda p: _truncate(Path(p.paths.finetune) / "mllm.json"), r"mllm.json is damaged"),
     ],
 )
-def test_predict_names_a_damaged_model(
-    trained: Params, tmp_path: Path, damage: Callable[[Params], None], match: str
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_predict_and_eval_name_a_damaged_model(
+    trained: Params, tmp_path: Path, damage: Callable[[Params], None], match: str, command: str
 ) -> None:
     p = _copy(trained, tmp_path, "finetune")
     damage(p)
     image = _first(Path(p.data.pretrain_images), "*/*.jpg")
-    code, out = _cli(["predict", "--image", str(image), "--question", "What colour?",
-                      "--params", str(_params_file(p, tmp_path))])  # fmt: skip
+    args = ["--image", str(image), "--question", "What colour?"] if command == "predict" else []
+    code, out = _cli([command, *args, "--params", str(_params_file(p, tmp_path))])
     assert code == 2 and re.search(match, " ".join(out.split())), out
 
 
@@ -552,3 +553,14 @@ def test_a_bad_benchmark_image_is_an_error_naming_it(
 
     with pytest.raises(BadImage, match=match):
         make(tmp_path).open()
+
+
+def test_compare_finds_dvc_without_an_activated_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `dvc` on PATH (a venv not activated): compare runs this interpreter's dvc, which says
+    what is wrong (here: no DVC repository), instead of `FileNotFoundError: 'dvc'`."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "")
+    code, out = _cli(["compare", "--out", str(tmp_path / "c")])
+    assert code == 2 and "dvc exp show --json failed: " in out and "FileNotFoundError" not in out
