@@ -44,6 +44,7 @@ setup-small-real: $(SMALL_REAL)  ## add the small-real preset's packages and wei
 small-real: setup-small-real  ## make the small-real preset the active params, then dvc repro (~1 h on 2 cores); FP32=1 on a CPU without native bf16
 	msr preset use small-real $(if $(FP32),--fp32)
 	dvc repro
+	@echo "params.yaml now holds the small-real preset; back to tiny: msr preset use tiny (or git checkout params.yaml)"
 
 test: setup-small-real  ## the default test suite (CPU, a few minutes; the small-real weights included)
 	$(PY) -m pytest -q

@@ -29,7 +29,9 @@ app.add_typer(recipe_app, name="recipe")
 console = Console()
 err_console = Console(stderr=True)
 
-ParamsOpt = Annotated[Path, typer.Option("--params", help="params YAML (a preset file works too).")]
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", help="A params YAML, or a preset's name (msr preset list).")
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -185,7 +187,10 @@ def models(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None
     _setup_logging()
     from stages import models as stage
 
-    console.print(stage.run(_load(params, set_)))
+    try:
+        console.print(stage.run(_load(params, set_)))
+    except FileNotFoundError as err:
+        raise _fail(str(err)) from None
 
 
 @app.command()
@@ -670,9 +675,13 @@ def figures(
 @app.command()
 def report(params: ParamsOpt = Path("params.yaml"), set_: SetOpt = None) -> None:
     """Summarise the run (training, evaluation, efficiency, benchmark) in reports/summary.md."""
+    from msr.report.summary import SummaryError
     from stages import report as stage
 
-    sys.stdout.write(stage.run(_load(params, set_)))
+    try:
+        sys.stdout.write(stage.run(_load(params, set_)))
+    except SummaryError as err:
+        raise _fail(str(err)) from None
 
 
 def strip_local_rank(argv: list[str]) -> list[str]:

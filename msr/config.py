@@ -456,18 +456,18 @@ class ParamsError(ValueError):
 
 def load_params(path: str | Path, overrides: Iterable[str] = ()) -> Params:
     """The typed params of a YAML file with `key.path=value` overrides applied."""
+    from msr.presets import list_presets, preset_path
+
     path = Path(path)
+    if not path.exists() and str(path) in list_presets():  # a preset's name
+        path = preset_path(str(path))
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        from msr.presets import list_presets
-
-        hint = (
-            f"; {path.name!r} is a preset: `msr preset use {path.name}` writes it to params.yaml"
-            if path.name in list_presets()
-            else ""
-        )
-        raise ParamsError(f"params file {path} does not exist{hint}") from None
+        raise ParamsError(
+            f"params file {path} does not exist; a preset's name works too: "
+            f"{', '.join(list_presets())}"
+        ) from None
     except IsADirectoryError:
         raise ParamsError(f"params file {path} is a folder, not a YAML file") from None
     except UnicodeDecodeError as err:
@@ -476,15 +476,23 @@ def load_params(path: str | Path, overrides: Iterable[str] = ()) -> Params:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return resolve_params(raw, overrides, source=str(path))
+
+
+def resolve_params(
+    raw: dict[str, Any], overrides: Iterable[str] = (), source: str = "params"
+) -> Params:
+    """Overrides applied, the schema checked, then what needs the backbones' configs (whether the
+    projector tiles the vision grid): the whole of what `load_params` accepts."""
     for item in overrides:
         apply_override(raw, item)
-    params = parse_params(raw, source=str(path))
+    params = parse_params(raw, source=source)
     from msr.models.configs import check_projector_fits  # transformers and torch: imported late
 
     try:
         check_projector_fits(params)
     except ValueError as err:
-        raise ParamsError(f"{path}: projector: {err}") from None
+        raise ParamsError(f"{source}: projector: {err}") from None
     return params
 
 

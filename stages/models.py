@@ -43,7 +43,14 @@ def run(params: Params) -> dict[str, Any]:
     else:
         manifest["vision"] = {"built": False, "model": v.model, "revision": v.revision}
     if m.build is not None:
-        texts = corpus([Path(params.data.pretrain_json), Path(params.data.instruct_json)])
+        sources = [Path(params.data.pretrain_json), Path(params.data.instruct_json)]
+        missing = [str(f) for f in sources if not f.is_file()]
+        if missing:  # the tokenizer is trained on the training text
+            raise FileNotFoundError(
+                f"{', '.join(missing)} missing: the tiny tokenizer is trained on the training "
+                "text; run `msr synth` first (or `dvc repro`, which runs it)"
+            )
+        texts = corpus(sources)
         tokenizer = train_tokenizer(texts, m.build.vocab_size, m.template, m.max_length)
         llm = build_llm(m.build, tokenizer, m.max_length)
         tmp = out / ".llm.tmp"

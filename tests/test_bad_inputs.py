@@ -502,9 +502,9 @@ def test_compare_names_a_json_of_another_shape(tmp_path: Path, content: str, mat
     assert code == 2 and re.search(match, " ".join(out.split())), out
 
 
-def test_a_preset_name_given_as_params_file_is_named_a_preset(tmp_path: Path) -> None:
-    code, out = _cli(["train", "--params", "tiny"])
-    assert code == 2 and "'tiny' is a preset: `msr preset use tiny`" in " ".join(out.split())
+def test_a_params_file_that_does_not_exist_names_the_presets(tmp_path: Path) -> None:
+    code, out = _cli(["train", "--params", "tinny"])
+    assert code == 2 and "params file tinny does not exist; a preset's name works too: " in out
 
 
 # --- params: one line naming the key, the value and what is accepted ------------------------------
@@ -564,3 +564,21 @@ def test_compare_finds_dvc_without_an_activated_environment(
     monkeypatch.setenv("PATH", "")
     code, out = _cli(["compare", "--out", str(tmp_path / "c")])
     assert code == 2 and "dvc exp show --json failed: " in out and "FileNotFoundError" not in out
+
+
+def test_models_before_synth_names_the_stage_to_run(tmp_path: Path) -> None:
+    import yaml
+
+    from msr.presets import preset_path
+
+    raw = yaml.safe_load(preset_path("tiny").read_text())
+    raw["paths"]["models"] = str(tmp_path / "models")
+    raw["data"].update(
+        pretrain_json=str(tmp_path / "p.json"), instruct_json=str(tmp_path / "i.json")
+    )
+    raw["vision"]["model"] = str(tmp_path / "models" / "vision")
+    raw["llm"]["model"] = str(tmp_path / "models" / "llm")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    code, out = _cli(["models", "--params", str(params)])
+    assert code == 2 and "run `msr synth` first" in " ".join(out.split()), out

@@ -91,6 +91,20 @@ def test_preset_use_with_a_bad_override_writes_nothing(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_preset_use_refuses_what_load_params_would_refuse(tmp_path: Path) -> None:
+    """50 queries do not tile the tiny preset's grid: the schema accepts it, the resolve step does
+    not — and `preset use` runs both before it writes."""
+    out = tmp_path / "params.yaml"
+    args = ["preset", "use", "tiny", "--out", str(out), "--set", "projector.num_queries=50"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "projector:" in result.output and "50" in result.output
+    assert not out.exists()
+
+
+def test_params_takes_a_preset_name() -> None:
+    assert load_params("small-real") == load_preset("small-real")
+
+
 def test_unknown_preset_is_a_clear_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["preset", "use", "huge", "--out", str(tmp_path / "p.yaml")])
     assert result.exit_code == 2
@@ -186,6 +200,40 @@ def test_report_summarises_what_exists(tmp_path: Path) -> None:
         "pretrain: 3 steps, 48 samples, loss 6.500 → 6.100" in text
         and "`ms_resampler` (M = 36" in text
     )
+
+
+def test_report_refuses_params_that_did_not_produce_the_run(tmp_path: Path) -> None:
+    """The trained model records what it was built from: `msr report --set` of another projector
+    or budget is refused, not written into summary.md as if it had produced the numbers."""
+    raw = yaml.safe_load(preset_path("tiny").read_text())
+    raw["paths"].update(reports=str(tmp_path), finetune=str(tmp_path / "finetune"))
+    (tmp_path / "finetune").mkdir()
+    options = {"kernels": [2, 6, 14], "beta": 4.0, "learnable_bias": False, "fusion": "channel_mlp",
+               "fusion_hidden": 8, "num_heads": 1}  # fmt: skip
+    recorded = {
+        "vision": {"model": raw["vision"]["model"]},
+        "llm": {"model": raw["llm"]["model"]},
+        "template": "vicuna_v1",
+        "projector": {
+            "name": "ms_resampler",
+            "num_queries": 36,
+            "grid": [24, 24],
+            "options": options,
+        },
+    }
+    (tmp_path / "finetune" / "mllm.json").write_text(json.dumps(recorded))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    assert runner.invoke(app, ["report", "--params", str(params)]).exit_code == 0
+    for override, named in [
+        ("projector.num_queries=64", "M: params 64, model 36"),
+        ("projector.name=resampler", "projector.name: params 'resampler', model 'ms_resampler'"),
+        ("projector.options.ms_resampler.beta=0.0", "beta: params 0.0, model 4.0"),
+    ]:
+        (tmp_path / "summary.md").unlink(missing_ok=True)
+        result = runner.invoke(app, ["report", "--params", str(params), "--set", override])
+        assert result.exit_code == 2 and named in " ".join(result.output.split()), result.output
+        assert not (tmp_path / "summary.md").exists()
 
 
 def test_bad_budget_fails_before_training_starts(repo_root: Path) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
-from msr.config import Params, apply_override, parse_params
+from msr.config import Params, apply_override, parse_params, resolve_params
 
 PRESET_DIR = Path(__file__).parent
 # Every value that makes a stage compute in bf16, set to fp32: for CPUs without native bf16
@@ -42,9 +43,9 @@ def preset_text(name: str, overrides: Sequence[str] = ()) -> str:
     a header that lists the overrides)."""
     text = preset_path(name).read_text()
     raw = yaml.safe_load(text)
+    resolve_params(copy.deepcopy(raw), overrides, source=f"preset {name}")  # as load_params will
     for item in overrides:
         apply_override(raw, item)
-    parse_params(raw, source=f"preset {name}")
     if not overrides:
         return text
     header = [f"# preset {name} (`msr preset show {name}` has it with its comments), with:"]

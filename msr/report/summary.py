@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from msr.config import Params
+from msr.projectors import output_tokens
 from msr.report.markdown import num, si
 
 
@@ -15,15 +16,52 @@ def _load(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+class SummaryError(ValueError):
+    """The params describe another run than the one whose reports are on disk."""
+
+
+def recorded(params: Params) -> dict[str, Any] | None:
+    """What the trained model in `paths.finetune` was built from (its `mllm.json`), or None."""
+    path = Path(params.paths.finetune) / "mllm.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def check_same_run(params: Params, run: dict[str, Any]) -> None:
+    """SummaryError listing each value where the params (e.g. with `--set`) and the trained model
+    differ: a summary states what produced its numbers, not what the params would produce."""
+    p, proj = params.projector, run["projector"]
+    grid = proj.get("grid") or [0, 0]
+    asked = json.loads(json.dumps(p.active_options))  # the json form, as the model stores it
+    pairs = {
+        "vision.model": (params.vision.model, run["vision"]["model"]),
+        "llm.model": (params.llm.model, run["llm"]["model"]),
+        "projector.name": (p.name, proj["name"]),
+        "M": (output_tokens(p.name, p.num_queries, grid[0] * grid[1]), proj["num_queries"]),
+        **{
+            f"projector.options.{p.name}.{k}": (v, proj["options"].get(k)) for k, v in asked.items()
+        },
+    }
+    diffs = [f"{k}: params {a!r}, model {b!r}" for k, (a, b) in pairs.items() if a != b]
+    if diffs:
+        raise SummaryError(
+            f"the model in {params.paths.finetune} was not trained with these params "
+            f"({'; '.join(diffs)}): rerun the pipeline (`dvc repro`) or summarise without --set"
+        )
+
+
 def summary(params: Params) -> str:
     r = Path(params.paths.reports)
+    run = recorded(params)
+    if run is not None:
+        check_same_run(params, run)
     p = params.projector
+    template = run["template"] if run is not None else params.llm.template
     lines = [
         "# Run summary",
         "",
         f"Vision `{params.vision.model}` (layer {params.vision.feature_layer}, {params.vision.select}) → "
         f"projector `{p.name}` (M = {p.num_queries}, options {p.active_options}) → LLM `{params.llm.model}` "
-        f"(template `{params.llm.template}`).",
+        f"(template `{template}`)" + ("." if run is not None else " — no trained model yet."),
         "",
     ]
     for stage in ("pretrain", "finetune"):
