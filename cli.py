@@ -52,10 +52,12 @@ def _setup_logging() -> None:
 
 
 def _load(params: Path, sets: list[str] | None):  # -> msr.config.Params
-    from msr.config import ParamsError, load_params
+    from msr.config import ParamsError
+    from msr.presets import params_file
+    from msr.resolve import load_params
 
     try:
-        return load_params(params, sets or ())
+        return load_params(params_file(params), sets or ())
     except ParamsError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False)
         raise typer.Exit(2) from None

@@ -26,12 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from msr.config import load_params, parse_params
+from msr.config import parse_params
 from msr.data.features import Source, encode_features
 from msr.data.llava import read_llava_json
 from msr.data.streams import default_streams, ordered_map
 from msr.models.preprocess import prepare
 from msr.profile.environment import environment
+from msr.resolve import load_params
 from msr.utils.io import write_report
 from msr.utils.memory import retain_freed_memory
 from stages.features import tower_of
@@ -163,12 +164,12 @@ def loader_rate(params, features: Path) -> dict:  # type: ignore[no-untyped-def]
     from msr.data.loader import ExampleStream
     from msr.models.configs import vision_grid
     from msr.models.llm import load_template, load_tokenizer
-    from msr.projectors import projector_class
+    from msr.projectors import output_tokens
 
     tok = load_tokenizer(params.llm.model, gguf_file=params.llm.gguf_file)
     p = params.projector
     grid = vision_grid(params.vision)
-    m = grid[0] * grid[1] if projector_class(p.name).keeps_all_tokens else p.num_queries
+    m = output_tokens(p.name, p.num_queries, grid[0] * grid[1])
     ds = ExampleStream(
         sorted(str(s) for s in features.glob("*.tar")),
         tokenizer=tok,

@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from msr.config import load_params
 from msr.models.configs import llm_config
 from msr.models.llm import load_causal_lm
 from msr.models.loss import lm_loss
 from msr.presets import preset_path
 from msr.profile.environment import environment
+from msr.resolve import load_params
 from msr.utils.io import write_report
 
 

@@ -42,7 +42,7 @@ from small_real_letters import add_row
 from small_real_probe import probe, scene_spec
 from torch import Tensor
 
-from msr.config import Params, load_params
+from msr.config import Params
 from msr.data.synth.eval_sets import SHORT
 from msr.data.synth.questions import QA, ask, display
 from msr.data.synth.scene import Scene, render, sample_scene
@@ -50,6 +50,7 @@ from msr.eval.benchmarks.base import ImageRef, Question
 from msr.eval.generate import GenerationArgs, Generator
 from msr.models.mllm import MLLM
 from msr.presets import preset_path
+from msr.resolve import load_params
 
 log = logging.getLogger("small_real_answer_probe")
 OUT = Path("reports/small-real")

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from small_real_probe import scene_spec
 
-from msr.config import Params, load_params
+from msr.config import Params
 from msr.data.synth.eval_sets import MC, MMBENCH_CATEGORIES
 from msr.data.synth.questions import LetterBalancer, ask, mc_options
 from msr.data.synth.scene import sample_scene
@@ -50,6 +50,7 @@ from msr.eval.benchmarks.base import Benchmark, Question
 from msr.models.llm import load_causal_lm, load_template, load_tokenizer
 from msr.models.mllm import MLLM
 from msr.presets import preset_path
+from msr.resolve import load_params
 from msr.utils.io import atomic_write_json, write_report
 
 log = logging.getLogger("small_real_letters")

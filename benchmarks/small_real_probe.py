@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from msr.config import Params, load_params
+from msr.config import Params
 from msr.data.synth.questions import caption
 from msr.data.synth.scene import Scene, SceneSpec, render, sample_scene
 from msr.data.tokenize import IMAGE_TOKEN_INDEX, tokenize_with_image
@@ -44,7 +44,8 @@ from msr.models.mllm import MLLM
 from msr.models.preprocess import prepare
 from msr.models.vision.registry import load_vision
 from msr.presets import preset_path
-from msr.train.checkpoint import load_projector
+from msr.projectors.files import load_projector
+from msr.resolve import load_params
 from msr.utils.io import write_report
 
 OUT = Path("reports/small-real")

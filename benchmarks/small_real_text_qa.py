@@ -37,7 +37,7 @@ import torch
 from small_real_letters import add_row, load_llm, probe_parser, row_name, train
 from small_real_probe import scene_spec
 
-from msr.config import Params, load_params
+from msr.config import Params
 from msr.data.synth.eval_sets import SHORT
 from msr.data.synth.questions import ask, caption, display
 from msr.data.synth.scene import sample_scene
@@ -47,6 +47,7 @@ from msr.eval.generate import GenerationArgs, Generator, stop_ids
 from msr.eval.scoring import gqa_match
 from msr.models.mllm import MLLM
 from msr.presets import preset_path
+from msr.resolve import load_params
 
 log = logging.getLogger("small_real_text_qa")
 OUT = Path("reports/small-real")

@@ -42,8 +42,8 @@ from typing import Any
 
 from small_real_probe import stage1_words
 
-from msr.config import load_params
 from msr.presets import FP32, preset_path
+from msr.resolve import load_params
 from msr.train.loop import TrainResult, train
 from msr.utils.io import atomic_write_json, write_report
 from stages import eval as eval_stage

@@ -23,8 +23,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from msr.config import load_params, parse_params
+from msr.config import parse_params
 from msr.profile.environment import environment
+from msr.resolve import load_params
 from msr.train.loop import train
 from msr.utils.io import write_report
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from msr.config import Params
 from msr.models.configs import vision_grid
+from msr.projectors import active_options
+from msr.projectors import files as pfiles
 from msr.projectors.ms_resampler import MSResampler
 from msr.report import figures
-from msr.train import checkpoint as ckpt
 
 
 def sample_photograph() -> Path:
@@ -24,18 +25,18 @@ def run(params: Params, out: Path | None = None, image: Path | None = None) -> l
     out = out or Path(params.paths.reports) / "figures"
     p = params.projector
     grid = vision_grid(params.vision)
-    options = p.active_options if p.name == "ms_resampler" else {}
+    options = active_options(p) if p.name == "ms_resampler" else {}
     kernels = tuple(options.get("kernels", (2, 6, 14)))
     M = p.num_queries if p.name == "ms_resampler" else 36
     written = [figures.scope_windows(out / "scope_windows.png", grid, M, kernels)]
     written.append(figures.training_curves(out / "training_curves.png", Path(params.paths.reports)))
     trained = next(
         (Path(d) for d in (params.paths.finetune, params.paths.pretrain)
-         if (Path(d) / ckpt.PROJECTOR_CONFIG).exists()),
+         if (Path(d) / pfiles.PROJECTOR_CONFIG).exists()),
         None,
     )  # fmt: skip
     if trained is not None:
-        projector = ckpt.load_projector(trained)
+        projector = pfiles.load_projector(trained)
         if isinstance(projector, MSResampler):
             written.append(
                 _attention(params, projector, trained, out, image or sample_photograph())

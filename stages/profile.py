@@ -12,7 +12,7 @@ from msr.config import Params
 from msr.models.configs import vision_grid
 from msr.profile.analytic import CONVENTIONS, analytic_profile, projector_macs_key
 from msr.profile.measure import measure
-from msr.projectors import PROJECTORS, projector_class
+from msr.projectors import PROJECTORS, active_options, output_tokens
 from msr.report.profile import plot, render
 from msr.utils.io import write_report
 
@@ -32,7 +32,7 @@ def run(params: Params, convention: str = "pure") -> dict[str, Any]:
     grid = vision_grid(params.vision)
     n = grid[0] * grid[1]
     for name in params.profile.projectors or sorted(PROJECTORS):
-        budgets = [n] if projector_class(name).keeps_all_tokens else params.profile.budgets
+        budgets = list(dict.fromkeys(output_tokens(name, m, n) for m in params.profile.budgets))
         opts = params.projector.options.get(name, {})
         for m in budgets:
             try:
@@ -40,7 +40,7 @@ def run(params: Params, convention: str = "pure") -> dict[str, Any]:
             except ValueError as err:
                 not_run.append(f"{name} at M={m}: {err}")
     configs = [(c["projector"], c["num_queries"], o) for c, o in rows]
-    configs.append((active["projector"], active["num_queries"], params.projector.active_options))
+    configs.append((active["projector"], active["num_queries"], active_options(params.projector)))
     measured = measure(params, configs)
     result: dict[str, Any] = {
         **{

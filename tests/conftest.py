@@ -31,8 +31,8 @@ def tiny_params(root: Path, **sections: dict) -> Params:
     """The tiny preset with every path under `root`, small synthetic sizes and a tiny LLM."""
     import yaml
 
-    from msr.config import parse_params
     from msr.presets import preset_path
+    from msr.resolve import resolve_params
 
     raw = yaml.safe_load(preset_path("tiny").read_text())
     raw["paths"] = {
@@ -54,7 +54,7 @@ def tiny_params(root: Path, **sections: dict) -> Params:
     raw["vision"]["model"], raw["llm"]["model"] = f"{models}/vision", f"{models}/llm"
     for key, value in sections.items():
         raw[key] = {**raw[key], **value} if isinstance(raw.get(key), dict) else value
-    return parse_params(raw)
+    return resolve_params(raw)
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ import yaml
 from typer.testing import CliRunner
 
 from cli import app
-from msr.config import load_params
 from msr.presets import load_preset, preset_path
+from msr.resolve import load_params
 
 runner = CliRunner()
 
@@ -102,7 +102,9 @@ def test_preset_use_refuses_what_load_params_would_refuse(tmp_path: Path) -> Non
 
 
 def test_params_takes_a_preset_name() -> None:
-    assert load_params("small-real") == load_preset("small-real")
+    from msr.presets import params_file
+
+    assert load_params(params_file("small-real")) == load_preset("small-real")
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path: Path) -> None:

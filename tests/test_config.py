@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
-from msr.config import ParamsError, load_params, parse_params
+from msr.config import ParamsError, parse_params
 from msr.models.configs import vision_grid
 from msr.presets import list_presets, load_preset, preset_path, preset_text
+from msr.projectors import active_options
+from msr.resolve import load_params
 
 PRESETS = ["llava15-13b", "llava15-7b", "qwen25-3b", "small-real", "tiny"]
 
@@ -58,7 +60,7 @@ def test_real_presets_hold_the_paper_recipe(name: str) -> None:
     assert (p.vision.feature_layer, p.vision.select, p.vision.image_size) == (-2, "patch", 336)
     assert p.vision.aspect == "pad" and vision_grid(p.vision) == (24, 24)  # from the shipped config
     assert p.projector.name == "ms_resampler" and p.projector.num_queries == 144
-    assert p.projector.active_options["kernels"] == [2, 6, 14]
+    assert active_options(p.projector)["kernels"] == [2, 6, 14]
     assert (
         p.pretrain.lr,
         p.pretrain.per_device_batch,
@@ -144,7 +146,7 @@ def test_override_sets_nested_values(repo_root: Path) -> None:
         ],
     )
     assert p.projector.num_queries == 64
-    assert p.projector.active_options["kernels"] == [2, 6, 24]
+    assert active_options(p.projector)["kernels"] == [2, 6, 24]
     assert p.pretrain.lr == 3e-4
 
 
@@ -186,7 +188,7 @@ def test_options_of_other_projectors_are_kept_and_checked(repo_root: Path) -> No
         repo_root / "params.yaml",
         ["projector.name=tokenpacker", "projector.options.tokenpacker.levels=4"],
     )
-    assert p.projector.active_options == {"levels": 4}
+    assert active_options(p.projector) == {"levels": 4}
     with pytest.raises(ParamsError, match=r"options.qformer: no projector"):
         load_params(repo_root / "params.yaml", ["projector.options.qformer.depth=2"])
 

@@ -24,7 +24,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from msr.config import Params, parse_params
-from msr.train import checkpoint as ckpt
+from msr.projectors import files as pfiles
 from msr.train.loop import state_digest, train
 from stages import features, models, synth
 from tests.conftest import tiny_params
@@ -95,7 +95,7 @@ def test_zero2_stage1_two_processes(workspace: Params, tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     launch(workspace, "pretrain", trace)
     digests = check_ranks(trace)
-    saved = ckpt.load_projector(Path(workspace.paths.pretrain))
+    saved = pfiles.load_projector(Path(workspace.paths.pretrain))
     assert state_digest(saved.state_dict()) == digests["projector"]  # the saved model matches
 
 
@@ -108,7 +108,7 @@ def test_plain_torch_stage1_two_processes_under_ddp(workspace: Params, tmp_path:
     trace = tmp_path / "trace"
     launch(params, "pretrain", trace)
     digests = check_ranks(trace)
-    saved = ckpt.load_projector(Path(params.paths.pretrain))
+    saved = pfiles.load_projector(Path(params.paths.pretrain))
     assert state_digest(saved.state_dict()) == digests["projector"]
 
 
@@ -123,7 +123,7 @@ def test_zero3_stage2_two_processes(workspace: Params, tmp_path: Path) -> None:
 
 def check_saved_model(params: Params, digests: dict[str, str]) -> None:
     out = Path(params.paths.finetune)
-    assert state_digest(ckpt.load_projector(out).state_dict()) == digests["projector"]
+    assert state_digest(pfiles.load_projector(out).state_dict()) == digests["projector"]
     llm = AutoModelForCausalLM.from_pretrained(out / "llm", dtype=torch.float32)
     assert state_digest(llm.state_dict()) == digests["llm"]
 
@@ -134,7 +134,7 @@ def test_msr_train_under_the_deepspeed_launcher(workspace: Params, tmp_path: Pat
     trace = tmp_path / "trace"
     msr(params, "train", "--trace-samples", str(trace), where=tmp_path)
     stage1 = check_ranks(trace / "pretrain")
-    saved = ckpt.load_projector(Path(params.paths.pretrain))
+    saved = pfiles.load_projector(Path(params.paths.pretrain))
     assert state_digest(saved.state_dict()) == stage1["projector"]
     check_saved_model(params, check_ranks(trace / "finetune"))
     # the DVC out holds no timings or paths: the skip report only, the same on every rerun

@@ -24,6 +24,7 @@ from msr.profile.analytic import (
 )
 from msr.profile.flops import counted_macs
 from msr.profile.measure import measure
+from msr.projectors import active_options
 
 KEYS = {"visual_tokens", "projector_macs", "llm_macs", "kv_cache_bytes", "params"}
 
@@ -99,7 +100,7 @@ def test_measured_kv_cache_equals_the_formula(tiny_workspace: Params) -> None:
     raw = tiny_workspace.model_dump(mode="json")
     raw["profile"].update(repeats=1, warmup=0, decode_tokens=2)
     params = parse_params(raw)
-    m = measure(params, [("ms_resampler", 36, params.projector.active_options), ("mlp", 576, {})])
+    m = measure(params, [("ms_resampler", 36, active_options(params.projector)), ("mlp", 576, {})])
     for tokens in (36, 576):
         expected = analytic_profile(params, projector="mlp" if tokens == 576 else None)[
             "kv_cache_bytes"

@@ -13,9 +13,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from small_real_answer_probe import as_question, auc, questions, refit
 
-from msr.config import Params, load_params
+from msr.config import Params
 from msr.data.synth.eval_sets import SHORT
 from msr.presets import preset_path
+from msr.resolve import load_params
 
 
 def test_existence_questions_are_true_of_their_scene_and_the_splits_differ() -> None:
@@ -66,7 +67,7 @@ def test_measure_reads_every_layer_on_tiny_models(tiny_workspace: Params) -> Non
 
     from msr.models.llm import load_causal_lm, load_template, load_tokenizer
     from msr.models.mllm import MLLM
-    from msr.train.loop import build_projector_for
+    from msr.projectors import create_projector
     from stages.features import tower_of
 
     p, m = tiny_workspace, tiny_workspace.llm
@@ -74,7 +75,9 @@ def test_measure_reads_every_layer_on_tiny_models(tiny_workspace: Params) -> Non
     tokenizer = load_tokenizer(m.model)
     llm = load_causal_lm(m.model, dtype="fp32")
     layers = AutoConfig.from_pretrained(m.model).num_hidden_layers
-    projector, _ = build_projector_for(p, tower.embed_dim, llm.config.hidden_size, tower.grid)
+    projector, _ = create_projector(
+        p.projector, tower.embed_dim, llm.config.hidden_size, tower.grid
+    )
     template = load_template(m.template, tokenizer, m.model, m.system)
     model = MLLM(llm, projector, tower, tokenizer=tokenizer, template=template).eval()
     r = measure(model, p, "existence", 24, 16)

@@ -11,9 +11,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from small_real_letters import prompts, render
 
-from msr.config import load_params
 from msr.data.synth.eval_sets import MC
 from msr.presets import preset_path
+from msr.resolve import load_params
 
 
 def test_each_prompt_states_the_option_at_its_gold_letter() -> None:

@@ -51,14 +51,14 @@ def test_stage1_words_adds_up_on_tiny_models(tiny_workspace: Params, tmp_path: P
     from small_real_probe import stage1_words
     from transformers import AutoConfig
 
-    from msr.train.checkpoint import save_projector
-    from msr.train.loop import build_projector_for
+    from msr.projectors import create_projector
+    from msr.projectors.files import save_projector
     from stages.features import tower_of
 
     p = tiny_workspace
     tower = tower_of(p)
     llm_dim = AutoConfig.from_pretrained(p.llm.model).hidden_size
-    projector, options = build_projector_for(p, tower.embed_dim, llm_dim, tower.grid)
+    projector, options = create_projector(p.projector, tower.embed_dim, llm_dim, tower.grid)
     save_projector(tmp_path / "stage1", projector, options)
     r = stage1_words(p, tmp_path / "stage1", n=24, batch=8)
     kinds = {"size", "object colour", "shape kind", "background"}

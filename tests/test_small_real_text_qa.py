@@ -11,10 +11,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from small_real_text_qa import CATEGORIES, prompts, questions, render
 
-from msr.config import load_params
 from msr.data.synth.eval_sets import SHORT
 from msr.data.synth.scene import SIZES
 from msr.presets import preset_path
+from msr.resolve import load_params
 
 
 def test_the_scene_line_answers_each_question() -> None:

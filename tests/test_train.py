@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from msr.config import Params, parse_params
 from msr.data.skips import TooManySkips
 from msr.models.mllm import MLLM
+from msr.projectors import files as pfiles
 from msr.train import checkpoint as ckpt
 from msr.train.loop import TrainingError, train
 from stages import features
@@ -65,9 +66,9 @@ def test_stage1_trains_only_the_projector(workspace: Params, tmp_path: Path) -> 
     assert len(skips["keys"]["loader: incomplete last batch (drop_last)"]) == 2
     trained = load_file(out / "projector.safetensors")
     torch.manual_seed(0)
-    from msr.train.loop import build_projector_for
+    from msr.projectors import create_projector
 
-    fresh, _ = build_projector_for(p, 64, 128, (24, 24))
+    fresh, _ = create_projector(p.projector, 64, 128, (24, 24))
     assert any(not torch.equal(trained[k], v) for k, v in fresh.state_dict().items())
     assert json.loads((out / "projector.json").read_text())["name"] == "ms_resampler"
 
@@ -389,4 +390,4 @@ def test_an_experiment_with_another_projector_never_resumes_its_checkpoint(
         train(other, "pretrain", resume="yes")
     result = train(other, "pretrain", resume="auto")
     assert result.resumed_from == 0
-    assert ckpt.load_projector(Path(p.paths.pretrain)).name == "avgpool"
+    assert pfiles.load_projector(Path(p.paths.pretrain)).name == "avgpool"

@@ -92,7 +92,7 @@ def check_projector_fits(params: Params) -> None:
     the `models` stage has not converted yet); the run checks it again when it builds."""
     import torch
 
-    from msr.projectors import build_projector, projector_class
+    from msr.projectors import create_projector, output_tokens
 
     try:
         vision, llm = vision_config(params.vision), llm_config(params.llm)
@@ -100,7 +100,7 @@ def check_projector_fits(params: Params) -> None:
     except (ValueError, OSError, ImportError):  # not available offline yet: checked when built
         return
     p = params.projector
-    m = grid[0] * grid[1] if projector_class(p.name).keeps_all_tokens else p.num_queries
+    m = output_tokens(p.name, p.num_queries, grid[0] * grid[1])
     if m >= params.llm.max_length:
         raise ValueError(
             f"{p.name} gives {m} visual tokens per image, but llm.max_length={params.llm.max_length} "
@@ -108,11 +108,4 @@ def check_projector_fits(params: Params) -> None:
             f"(to {m} + the longest conversation) or lower projector.num_queries"
         )
     with torch.device("meta"):
-        build_projector(
-            p.name,
-            vision_dim=int(vision.hidden_size),
-            llm_dim=int(llm.hidden_size),
-            num_queries=m,
-            grid=grid,
-            **p.active_options,
-        )
+        create_projector(p, int(vision.hidden_size), int(llm.hidden_size), grid)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,14 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from msr.config import Params
 from msr.data.templates import Template
 from msr.models.llm import load_causal_lm, load_template, load_tokenizer
 from msr.models.loss import lm_loss
 from msr.models.vision import DTYPES, VisionBackbone, load_vision
-from msr.projectors import Projector
-from msr.train import checkpoint as ckpt
+from msr.projectors import Projector, create_projector
+from msr.projectors import files as pfiles
+from msr.utils import reading
 from msr.utils.io import atomic_write_json
 
 CONFIG = "mllm.json"
@@ -37,15 +40,57 @@ HF_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 @dataclass(frozen=True)
-class MLLMConfig:
-    """What puts a saved model back together (the json beside its weights)."""
+class VisionRef:
+    """The vision backbone a model reads features from: `load_vision(**asdict(ref))`."""
 
-    vision: dict[str, Any]  # model, revision, feature_layer, select, image_size, aspect, dtype
-    llm: dict[str, Any]  # the base LLM it was trained from: model, revision, gguf_file
+    model: str
+    revision: str | None = None
+    feature_layer: int = -2
+    select: str = "patch"
+    image_size: int | None = None
+    aspect: str = "pad"
+    dtype: str = "fp32"
+    final_norm: bool = False
+
+
+@dataclass(frozen=True)
+class LLMRef:
+    """The base LLM a model was trained from (its weights are the model's own `llm/`)."""
+
+    model: str
+    revision: str | None = None
+    gguf_file: str | None = None
+
+
+@dataclass(frozen=True)
+class MLLMConfig:
+    """What puts a saved model back together (`mllm.json`, beside its weights)."""
+
+    vision: VisionRef
+    llm: LLMRef
     template: str
     system: str | None
     max_length: int
-    projector: dict[str, Any]  # msr.train.checkpoint.projector_config
+    projector: dict[str, Any]  # msr.projectors.files.projector_config: the projector's own json
+
+    @classmethod
+    def from_params(
+        cls, params: Params, projector: Projector, options: dict[str, Any], template: str
+    ) -> MLLMConfig:
+        v, m = params.vision, params.llm
+        return cls(
+            vision=VisionRef(v.model, **v.backbone_options),
+            llm=LLMRef(m.model, m.revision, m.gguf_file),
+            template=template,
+            system=m.system,
+            max_length=m.max_length,
+            projector=pfiles.projector_config(projector, options),
+        )
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> MLLMConfig:
+        """TypeError or KeyError when `raw` is not such a config."""
+        return cls(**{**raw, "vision": VisionRef(**raw["vision"]), "llm": LLMRef(**raw["llm"])})
 
 
 class MLLM(nn.Module):
@@ -167,9 +212,9 @@ class MLLM(nn.Module):
         self.tokenizer.save_pretrained(tmp / LLM_DIR)
         projector = self.projector
         if projector_state is not None:
-            projector = ckpt.build_from_config(self.config.projector)
+            projector = pfiles.build_from_config(self.config.projector)
             projector.load_state_dict(projector_state)
-        ckpt.save_projector(tmp, projector, self.config.projector["options"])
+        pfiles.save_projector(tmp, projector, self.config.projector["options"])
         atomic_write_json(tmp / CONFIG, asdict(self.config))
         if directory.exists():
             shutil.rmtree(directory)
@@ -191,25 +236,78 @@ class MLLM(nn.Module):
                 f"no trained model in {directory} ({CONFIG} missing): run `msr finetune` first"
             )
         fix = "rerun stage 2 (`msr finetune`) to rebuild it"
-        raw = ckpt.read_json(directory / CONFIG, fix)
+        raw = reading.read_json(directory / CONFIG, fix)
         try:
-            config = MLLMConfig(**raw)
-        except TypeError as err:
-            raise ckpt.CheckpointError(f"{directory / CONFIG} is damaged ({err}); {fix}") from None
-        backbone = load_vision(**config.vision) if vision else None
+            config = MLLMConfig.from_json(raw)
+        except (TypeError, KeyError) as err:
+            raise reading.CheckpointError(
+                f"{directory / CONFIG} is damaged ({err}); {fix}"
+            ) from None
+        backbone = load_vision(**asdict(config.vision)) if vision else None
         try:
             llm = load_causal_lm(str(directory / LLM_DIR), dtype=dtype)
             tokenizer = load_tokenizer(str(directory / LLM_DIR))
         except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ckpt.CheckpointError(
+            raise reading.CheckpointError(
                 f"the LLM in {directory / LLM_DIR} cannot be loaded ({first}); {fix}"
             ) from None
         template = load_template(config.template, tokenizer, str(directory), config.system)
-        projector = ckpt.load_projector(directory, fix=fix).to(DTYPES[dtype])
+        projector = pfiles.load_projector(directory, fix=fix).to(DTYPES[dtype])
         model = cls(llm, projector, backbone, tokenizer=tokenizer, template=template, config=config)
         model.fingerprint = files_fingerprint(directory, backbone)
         return model.to(device).eval()
+
+    @classmethod
+    def from_params(
+        cls,
+        params: Params,
+        *,
+        vision_width: int,
+        grid: tuple[int, int],
+        dtype: str,
+        attention: str = "sdpa",
+        template: str | None = None,
+        stage1: Path | None = None,
+        loading: AbstractContextManager[Any] | None = None,
+    ) -> tuple[MLLM, dict[str, Any]]:
+        """The model the params describe, for cached features `vision_width` wide on `grid` (no
+        live backbone): the base LLM in `dtype` (loaded inside `loading`, e.g. DeepSpeed's
+        `zero.Init`), and a new projector — or, with `stage1`, the projector saved there, which
+        must be the one the params describe. Returns the model and the projector's options."""
+        m = params.llm
+        tokenizer = load_tokenizer(m.model, revision=m.revision, gguf_file=m.gguf_file)
+        name = template or m.template
+        with loading if loading is not None else nullcontext():
+            llm = load_causal_lm(
+                m.model,
+                revision=m.revision,
+                gguf_file=m.gguf_file,
+                dtype=dtype,
+                attention=attention,
+            )
+        hidden = llm.config.hidden_size
+        projector, options = create_projector(params.projector, vision_width, hidden, grid)
+        if stage1 is not None:
+            expected = pfiles.projector_config(projector, options)
+            saved = pfiles.load_projector(stage1, expected, fix="rerun stage 1 (`msr pretrain`)")
+            projector.load_state_dict(saved.state_dict())
+        config = MLLMConfig.from_params(params, projector, options, name)
+        model = cls(
+            llm,
+            projector,
+            tokenizer=tokenizer,
+            template=load_template(name, tokenizer, m.model, m.system),
+            config=config,
+        )
+        return model, options
+
+    @classmethod
+    def from_stage1(
+        cls, params: Params, stage1: Path, **kwargs: Any
+    ) -> tuple[MLLM, dict[str, Any]]:
+        """`from_params` with the stage-1 projector saved in `stage1` (what stage 2 starts from)."""
+        return cls.from_params(params, stage1=stage1, **kwargs)
 
 
 def files_fingerprint(directory: Path, vision: VisionBackbone | None) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from msr.config import Params, apply_override, parse_params, resolve_params
+from msr.config import Params, ParamsError, apply_override
+from msr.resolve import resolve_params
 
 PRESET_DIR = Path(__file__).parent
 # Every value that makes a stage compute in bf16, set to fp32: for CPUs without native bf16
@@ -37,6 +38,18 @@ def preset_path(name: str) -> Path:
     return path
 
 
+def params_file(value: str | Path) -> Path:
+    """What `--params` names: a params file, or the file of the preset of that name."""
+    path = Path(value)
+    if path.exists():
+        return path
+    if str(value) in list_presets():
+        return preset_path(str(value))
+    raise ParamsError(
+        f"params file {path} does not exist; a preset's name works too: {', '.join(list_presets())}"
+    )
+
+
 def preset_text(name: str, overrides: Sequence[str] = ()) -> str:
     """The preset's complete params YAML, validated before it is returned: the file itself, with
     its comments, or with `key.path=value` overrides applied (then without the comments, and with
@@ -55,4 +68,4 @@ def preset_text(name: str, overrides: Sequence[str] = ()) -> str:
 
 def load_preset(name: str) -> Params:
     """The typed params of preset `name`."""
-    return parse_params(yaml.safe_load(preset_path(name).read_text()), source=f"preset {name}")
+    return resolve_params(yaml.safe_load(preset_path(name).read_text()), source=f"preset {name}")

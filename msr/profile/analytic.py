@@ -23,7 +23,7 @@ from msr.models.configs import llm_config, vision_config, vision_grid
 from msr.models.vision import VisionBackbone, vision_class
 from msr.profile.flops import counted_macs
 from msr.profile.ptflops import ptflops_macs
-from msr.projectors import build_projector, projector_class
+from msr.projectors import active_options, build_projector, output_tokens
 
 CONVENTIONS = (
     "MACs, not FLOPs (FLOPs = 2 × MACs). projector_macs: what the implementation computes for one "
@@ -111,12 +111,12 @@ def analytic_profile(
     opts = (
         options
         if options is not None
-        else (p.active_options if name == p.name else p.options.get(name, {}))
+        else (active_options(p) if name == p.name else p.options.get(name, {}))
     )
     lcfg = llm_config(params.llm)
     grid = vision_grid(v)
     n = grid[0] * grid[1]
-    m = n if projector_class(name).keeps_all_tokens else (num_queries or p.num_queries)
+    m = output_tokens(name, num_queries or p.num_queries, n)
     text = params.profile.text_tokens
     with torch.device("meta"):
         tower = vision_backbone(v)

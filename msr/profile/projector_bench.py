@@ -23,7 +23,7 @@ from msr.config import Bench, BenchScale
 from msr.profile.environment import environment
 from msr.profile.flops import counted_macs
 from msr.profile.timing import matmul_peak_gflops, time_round_robin
-from msr.projectors import PROJECTORS, Projector, build_projector, projector_class
+from msr.projectors import PROJECTORS, Projector, build_projector, output_tokens
 from msr.projectors.fusion import ChannelMLPFusion
 from msr.projectors.ms_resampler import MSResampler
 from msr.projectors.reference import reference_forward, reference_macs
@@ -45,7 +45,7 @@ MACS_TOLERANCE = 0.05
 def build_for_scale(name: str, scale: BenchScale, options: Mapping[str, Any]) -> Projector:
     """Projector `name` at this scale; projectors that keep all tokens get M = N."""
     n = scale.grid[0] * scale.grid[1]
-    m = n if projector_class(name).keeps_all_tokens else scale.num_queries
+    m = output_tokens(name, scale.num_queries, n)
     return build_projector(
         name,
         vision_dim=scale.vision_dim,

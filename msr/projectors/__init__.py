@@ -16,7 +16,9 @@ from msr.projectors import (  # noqa: F401  (imported for their @register_projec
 from msr.projectors.base import Projector
 from msr.projectors.registry import (
     PROJECTORS,
+    active_options,
     build_projector,
+    create_projector,
     output_tokens,
     projector_class,
     projector_options,
@@ -28,7 +30,9 @@ from msr.projectors.scope import scope_bias
 __all__ = [
     "PROJECTORS",
     "Projector",
+    "active_options",
     "build_projector",
+    "create_projector",
     "output_tokens",
     "projector_class",
     "projector_options",

@@ -9,12 +9,15 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from msr.projectors.base import Projector
+
+if TYPE_CHECKING:
+    from msr.config import Projector as ProjectorParams
 
 PROJECTORS: dict[str, type[Projector]] = {}
 _DIMS = ("vision_dim", "llm_dim", "num_queries")
@@ -98,3 +101,22 @@ def build_projector(
 
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def active_options(params: ProjectorParams) -> dict[str, Any]:
+    """The options `params.projector` gives the selected projector, type-checked."""
+    return validate_options(params.name, params.options.get(params.name, {}))
+
+
+def create_projector(
+    params: ProjectorParams, vision_dim: int, llm_dim: int, grid: tuple[int, int]
+) -> tuple[Projector, dict[str, Any]]:
+    """The projector `params` (the params' `projector` section) describes, for a backbone of width
+    `vision_dim` on `grid`, with M = `output_tokens`; and the options it was built with (timm's
+    `create_model`)."""
+    options = active_options(params)
+    m = output_tokens(params.name, params.num_queries, grid[0] * grid[1])
+    projector = build_projector(
+        params.name, vision_dim=vision_dim, llm_dim=llm_dim, num_queries=m, grid=grid, **options
+    )
+    return projector, options

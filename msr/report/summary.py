@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from msr.config import Params
-from msr.projectors import output_tokens
+from msr.projectors import active_options, output_tokens
 from msr.report.markdown import num, si
 
 
@@ -31,7 +31,7 @@ def check_same_run(params: Params, run: dict[str, Any]) -> None:
     differ: a summary states what produced its numbers, not what the params would produce."""
     p, proj = params.projector, run["projector"]
     grid = proj.get("grid") or [0, 0]
-    asked = json.loads(json.dumps(p.active_options))  # the json form, as the model stores it
+    asked = json.loads(json.dumps(active_options(p)))  # the json form, as the model stores it
     pairs = {
         "vision.model": (params.vision.model, run["vision"]["model"]),
         "llm.model": (params.llm.model, run["llm"]["model"]),
@@ -60,7 +60,7 @@ def summary(params: Params) -> str:
         "# Run summary",
         "",
         f"Vision `{params.vision.model}` (layer {params.vision.feature_layer}, {params.vision.select}) → "
-        f"projector `{p.name}` (M = {p.num_queries}, options {p.active_options}) → LLM `{params.llm.model}` "
+        f"projector `{p.name}` (M = {p.num_queries}, options {active_options(p)}) → LLM `{params.llm.model}` "
         f"(template `{template}`)" + ("." if run is not None else " — no trained model yet."),
         "",
     ]

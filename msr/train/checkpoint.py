@@ -1,9 +1,7 @@
-"""Checkpoints: the projector alone (stage 1), the full MLLM (stage 2), and resumable training state.
-
-Projector checkpoint: `projector.safetensors` + `projector.json` naming the projector, its dims and
-options. Loading into another projector type or shape is an error that lists every difference —
-never a partial load. Training state (`checkpoints/last/`): trainable weights, optimizer, scheduler,
-RNG states (json + safetensors, never pickled) and data position, written to a temp directory and renamed into place.
+"""Resumable training state (`checkpoints/last/`): trainable weights, optimizer, scheduler, RNG
+states (json + safetensors, never pickled) and data position, written to a temp directory and
+renamed into place. A projector's own files are `msr.projectors.files`; a saved model's,
+`msr.models.mllm`.
 """
 
 from __future__ import annotations
@@ -13,135 +11,16 @@ import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save_file
 from torch import nn
 
-from msr.projectors import Projector, build_projector, projector_options, validate_options
-from msr.utils.io import atomic_write, atomic_write_json
-
-PROJECTOR_WEIGHTS, PROJECTOR_CONFIG = "projector.safetensors", "projector.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit what the params ask for (the message lists the differences),
-    or one that is damaged (the message names the file and how to rebuild it)."""
-
-
-def read_json(path: Path, fix: str) -> Any:
-    """A json file of a checkpoint, or a CheckpointError naming it and `fix` (how to rebuild it)."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing; {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is damaged (not valid json: {err}); {fix}") from None
-
-
-def read_tensors(path: Path, fix: str) -> dict[str, torch.Tensor]:
-    """A safetensors file of a checkpoint, or a CheckpointError naming it and `fix`."""
-    try:
-        return load_file(str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing; {fix}") from None
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is damaged (safetensors: {err}); {fix}") from None
-
+from msr.utils.reading import CheckpointError, read_json, read_tensors
 
 RESUME_FIX = "start over with `--resume no` (or delete the checkpoint directory)"
-
-
-def projector_config(projector: Projector, options: dict[str, Any]) -> dict[str, Any]:
-    """What identifies a projector's parameters: name, dims, budget, grid and every option
-    (defaults filled in, so spelling a default out changes nothing)."""
-    defaults = {k: d for k, (_, d) in projector_options(projector.name).items()}
-    options = {k: v for k, v in {**defaults, **options}.items() if k != "grid"}
-    options = json.loads(json.dumps(options))  # the json form, as it is stored
-    return {
-        "name": projector.name,
-        "vision_dim": projector.vision_dim,
-        "llm_dim": projector.llm_dim,
-        "num_queries": projector.num_queries,
-        "grid": list(projector.grid) if projector.grid else None,
-        "options": dict(sorted(options.items())),
-        "params": sum(p.numel() for p in projector.parameters()),
-    }
-
-
-def save_projector(out: Path, projector: Projector, options: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().contiguous().cpu() for k, v in projector.state_dict().items()}
-    data = safetensors_bytes(state)
-
-    def write(f: BinaryIO) -> None:
-        f.write(data)
-
-    atomic_write(out / PROJECTOR_WEIGHTS, write)
-    atomic_write_json(out / PROJECTOR_CONFIG, projector_config(projector, options))
-
-
-def build_from_config(cfg: dict[str, Any]) -> Projector:
-    """A freshly initialised projector of a `projector_config`."""
-    options = validate_options(cfg["name"], cfg["options"])
-    grid = tuple(cfg["grid"]) if cfg["grid"] else None
-    options.pop("grid", None)
-    return build_projector(
-        cfg["name"],
-        vision_dim=cfg["vision_dim"],
-        llm_dim=cfg["llm_dim"],
-        num_queries=cfg["num_queries"],
-        grid=grid,
-        **options,
-    )
-
-
-def load_projector(
-    directory: Path,
-    expected: dict[str, Any] | None = None,
-    fix: str = "rerun the stage that wrote it",
-) -> Projector:
-    """Build the projector a checkpoint describes and load its weights (strict).
-
-    `expected` is the config the caller needs (from `projector_config` of a freshly built projector):
-    any difference is a CheckpointError listing each field, checkpoint vs expected. A damaged file
-    is a CheckpointError naming it and `fix`.
-    """
-    cfg_path = directory / PROJECTOR_CONFIG
-    if not cfg_path.exists():
-        raise CheckpointError(
-            f"no projector checkpoint in {directory} ({PROJECTOR_CONFIG} missing); {fix}"
-        )
-    cfg = read_json(cfg_path, fix)
-    fields = ("name", "vision_dim", "llm_dim", "num_queries", "grid", "options")
-    if not isinstance(cfg, dict) or any(k not in cfg for k in fields):
-        raise CheckpointError(f"{cfg_path} is damaged (it needs the fields {list(fields)}); {fix}")
-    if expected is not None:
-        diffs = [
-            f"{key}: checkpoint has {cfg.get(key)!r}, params ask for {expected.get(key)!r}"
-            for key in ("name", "vision_dim", "llm_dim", "num_queries", "grid", "options", "params")
-            if cfg.get(key) != expected.get(key)
-        ]
-        if diffs:
-            raise CheckpointError(
-                f"{directory} holds a different projector than the params describe: "
-                + "; ".join(diffs)
-            )
-    try:
-        projector = build_from_config(cfg)
-    except (ValueError, TypeError, KeyError) as err:
-        raise CheckpointError(f"{cfg_path} describes no projector msr can build: {err}") from None
-    state = read_tensors(directory / PROJECTOR_WEIGHTS, fix)
-    missing, unexpected = projector.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{directory}: weights do not fit a {cfg['name']} projector: missing {missing}, unexpected {unexpected}"
-        )
-    return projector
 
 
 # ---- resumable training state (plain torch path) ------------------------------------------------

@@ -10,33 +10,10 @@ from typing import Any
 import torch
 
 from msr.config import Params
-from msr.models.mllm import MLLM, MLLMConfig
-from msr.projectors import Projector
-from msr.train import checkpoint as ckpt
+from msr.models.mllm import MLLM
+from msr.projectors import files as pfiles
 from msr.train.distributed import Topology, barrier
 from msr.train.engine import Engine
-
-
-def mllm_config(params: Params, projector: Projector, options: dict[str, Any]) -> MLLMConfig:
-    """How the trained model is put back together: vision backbone, base LLM, template, projector."""
-    v, m = params.vision, params.llm
-    return MLLMConfig(
-        vision={
-            "model": v.model,
-            "revision": v.revision,
-            "feature_layer": v.feature_layer,
-            "select": v.select,
-            "image_size": v.image_size,
-            "aspect": v.aspect,
-            "dtype": v.dtype,
-            "final_norm": v.final_norm,
-        },
-        llm={"model": m.model, "revision": m.revision, "gguf_file": m.gguf_file},
-        template=params.finetune.template or m.template,
-        system=m.system,
-        max_length=m.max_length,
-        projector=ckpt.projector_config(projector, options),
-    )
 
 
 def save_stage(
@@ -54,9 +31,9 @@ def save_stage(
     if topo.main:
         if llm_state is None:
             assert model.config is not None
-            projector = ckpt.build_from_config(model.config.projector)
+            projector = pfiles.build_from_config(model.config.projector)
             projector.load_state_dict(proj_state)
-            ckpt.save_projector(out, projector, options)
+            pfiles.save_projector(out, projector, options)
         else:
             model.save_pretrained(
                 out, dtype=params.llm.dtype, llm_state=llm_state, projector_state=proj_state

@@ -19,7 +19,6 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,10 +29,7 @@ import torch
 from msr.config import Params, Train
 from msr.data.loader import Batch, ExampleStream, shards_for_rank
 from msr.data.skips import SkipLedger, check_share
-from msr.models.llm import load_causal_lm, load_template, load_tokenizer
 from msr.models.mllm import MLLM
-from msr.projectors import Projector, build_projector, projector_class
-from msr.train import checkpoint as ckpt
 from msr.train.data import FeatureSplit, TrainingError, batches_of, feature_split
 from msr.train.distributed import (
     Topology,
@@ -46,7 +42,7 @@ from msr.train.distributed import (
     zero3_loading,
 )
 from msr.train.engine import Engine, deepspeed_bf16, make_engine
-from msr.train.export import mllm_config, save_stage, state_digest
+from msr.train.export import save_stage, state_digest
 from msr.train.logger import MetricLogger
 from msr.train.resume import Resume, identity, should_resume
 from msr.utils.io import atomic_write_json
@@ -81,19 +77,6 @@ def stage_config(params: Params, stage: Stage) -> Train:
     return params.pretrain if stage == "pretrain" else params.finetune
 
 
-def build_projector_for(
-    params: Params, vision_dim: int, llm_dim: int, grid: tuple[int, int]
-) -> tuple[Projector, dict[str, Any]]:
-    """The params' projector for a backbone of width `vision_dim` on `grid`."""
-    p = params.projector
-    options = p.active_options
-    m = grid[0] * grid[1] if projector_class(p.name).keeps_all_tokens else p.num_queries
-    projector = build_projector(
-        p.name, vision_dim=vision_dim, llm_dim=llm_dim, num_queries=m, grid=grid, **options
-    )
-    return projector, options
-
-
 def train(
     params: Params,
     stage: Stage,
@@ -120,35 +103,26 @@ def build_model(
 ) -> tuple[MLLM, dict[str, Any]]:
     """The LLM (under ZeRO-3's zero.Init when the config partitions weights: no rank holds the
     full model in host memory), the projector (stage 2: from stage 1), wrapped in an MLLM."""
-    m = params.llm
-    tokenizer = load_tokenizer(m.model, revision=m.revision, gguf_file=m.gguf_file)
-    template = load_template(cfg.template or m.template, tokenizer, m.model, m.system)
-    dtype = "bf16" if deepspeed_bf16(cfg) else "fp32" if cfg.train_llm else m.dtype
-    with zero3_loading(cfg, topo) if cfg.deepspeed else nullcontext():
-        llm = load_causal_lm(
-            m.model,
-            revision=m.revision,
-            gguf_file=m.gguf_file,
-            dtype=dtype,
-            attention=cfg.attention,
-        )
-    llm.requires_grad_(cfg.train_llm)
+    dtype = "bf16" if deepspeed_bf16(cfg) else "fp32" if cfg.train_llm else params.llm.dtype
+    stage1 = Path(params.paths.pretrain) if stage == "finetune" else None
+    model, options = MLLM.from_params(
+        params,
+        vision_width=data.width,
+        grid=data.grid,
+        dtype=dtype,
+        attention=cfg.attention,
+        template=cfg.template,
+        stage1=stage1,
+        loading=zero3_loading(cfg, topo) if cfg.deepspeed else None,
+    )
+    model.llm.requires_grad_(cfg.train_llm)
     if cfg.gradient_checkpointing:  # stage 1 too: the projector's gradient flows through the LLM
-        llm.config.use_cache = False
-        llm.activation_checkpointing_enable(
+        model.llm.config.use_cache = False
+        model.llm.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False}
         )
-    projector, options = build_projector_for(params, data.width, llm.config.hidden_size, data.grid)
-    if stage == "finetune":
-        expected = ckpt.projector_config(projector, options)
-        stage1 = ckpt.load_projector(
-            Path(params.paths.pretrain), expected, fix="rerun stage 1 (`msr pretrain`)"
-        )
-        projector.load_state_dict(stage1.state_dict())
     if dtype == "bf16" and cfg.deepspeed:  # one dtype for ZeRO's flat buffers; masters stay fp32
-        projector.to(torch.bfloat16)
-    config = mllm_config(params, projector, options)
-    model = MLLM(llm, projector, tokenizer=tokenizer, template=template, config=config)
+        model.projector.to(torch.bfloat16)
     return model.to(topo.device), options
 
 

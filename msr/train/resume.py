@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from msr.config import Params, Train
 from msr.projectors import Projector
+from msr.projectors import files as pfiles
 from msr.train import checkpoint as ckpt
 from msr.train.data import TrainingError
 
@@ -31,7 +32,7 @@ def identity(
         "train": cfg.model_dump(mode="json"),
         "llm": params.llm.model_dump(mode="json"),
         "vision": params.vision.model_dump(mode="json"),
-        "projector": ckpt.projector_config(projector, options),
+        "projector": pfiles.projector_config(projector, options),
         "features": params.paths.features,
         "world": world_size,
     }

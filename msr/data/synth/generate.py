@@ -21,6 +21,7 @@ from PIL import Image
 from msr.config import Synth
 from msr.data.synth import eval_sets
 from msr.data.synth.questions import (
+    CAPTION_CATEGORIES,
     QA,
     LetterBalancer,
     Vocab,
@@ -42,9 +43,6 @@ CAPTION_PROMPTS = (
     "What does this image show?",
 )
 TEXT_TASKS = ("add", "count_letters", "reverse", "mix")
-# what a caption answers (it names every shape, its size and colour and the background, not where
-# the shapes are)
-CAPTION_CATEGORIES = ("global", "local_attribute", "counting", "existence")
 
 
 def save_jpeg(img: Image.Image, path: Path) -> None:

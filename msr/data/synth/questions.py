@@ -20,6 +20,10 @@ from dataclasses import dataclass
 
 from msr.data.synth.scene import GLYPHS, Scene, Shape
 
+# what a caption answers (it names every shape, its size and colour and the background, not where
+# the shapes are)
+CAPTION_CATEGORIES = ("global", "local_attribute", "counting", "existence")
+
 CATEGORIES = ("local_attribute", "glyph", "counting", "spatial", "existence", "global")
 LABELS = {
     "local_attribute": "local attribute",
