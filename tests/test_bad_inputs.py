@@ -517,7 +517,10 @@ def test_a_params_file_that_does_not_exist_names_the_presets(tmp_path: Path) -> 
         ("data.max_image_pixels=-1", r"data.max_image_pixels.*greater than 0"),
         ("data.max_skip_share=2", r"data.max_skip_share.*less than or equal to 1"),
         ("data.images_outside_root=maybe", r"data.images_outside_root"),
-        ("projector.name=honeybee", r"projector.name: unknown projector 'honeybee'; known: avgpool"),
+        (
+            "projector.name=honeybee",
+            r"projector.name: unknown projector 'honeybee'; known: avgpool",
+        ),
         ("data.shard_gb=1", r"data.shard_gb"),
         ("no_equals_sign", r"no_equals_sign"),
     ],
