@@ -4,6 +4,7 @@ end-of-turn token; the load-time check rejects a template that does not."""
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from msr.config import Params
@@ -122,6 +123,33 @@ def test_prompt_tokens_equal_training_prefix(tokenizer) -> None:  # type: ignore
         train.input_ids[: train.image_start] + train.input_ids[train.image_start + 36 : first_label]
         == expanded
     )
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1", "chatml"])
+@pytest.mark.parametrize("has_image", [True, False])
+def test_the_processor_gives_training_and_generation_the_same_prompt(  # type: ignore[no-untyped-def]
+    tokenizer, template: str, has_image: bool
+) -> None:
+    """One processor for both paths: the generation prompt of a question is exactly the start of
+    the training example of the same conversation — ids, image positions, and once batched (right-
+    padded for training, left-padded for generation) the same image mask over the same tokens."""
+    from msr.data.processor import PromptProcessor
+
+    processor = PromptProcessor(tokenizer, make_template(template, tokenizer), 36, 512)
+    question = "What color is it?"
+    human = f"<image>\n{question}" if has_image else question
+    train = processor.conversation("k", [("human", human), ("gpt", "Red")], has_image)
+    prompt = processor.prompt(question, has_image)
+    first_label = next(i for i, lab in enumerate(train.labels) if lab != IGNORE_INDEX)
+    assert train.input_ids[:first_label] == prompt.input_ids
+    assert train.image_start == prompt.image_start == (prompt.image_start if has_image else None)
+    right = processor.pad([train, prompt], side="right")
+    left = processor.pad([train, prompt], side="left")
+    shift = len(train.input_ids) - len(prompt.input_ids)
+    assert right.image_mask[1].sum() == left.image_mask[1].sum() == 36 * has_image
+    assert torch.equal(left.input_ids[1, shift:], right.input_ids[1, : len(prompt.input_ids)])
+    assert torch.equal(left.image_mask[1, shift:], right.image_mask[1, : len(prompt.input_ids)])
+    assert torch.equal(right.image_mask[0, :first_label], right.image_mask[1, :first_label])
 
 
 def test_plain_masks_bos_and_image(tokenizer) -> None:  # type: ignore[no-untyped-def]

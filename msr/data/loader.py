@@ -24,9 +24,10 @@ import webdataset as wds
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from msr.data.processor import PromptProcessor
 from msr.data.skips import reason_of
 from msr.data.templates import Template
-from msr.data.tokenize import IGNORE_INDEX, BadSample, encode
+from msr.data.tokenize import BadSample, Encoded
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +78,25 @@ class Batch:
         return int(self.attention_mask.sum())
 
 
-def collate(examples: Sequence[Example], pad_id: int, num_image_tokens: int) -> Batch:
-    """Right-pad a list of examples into a Batch."""
-    T = max(len(e) for e in examples)
-    B = len(examples)
-    ids = torch.full((B, T), pad_id, dtype=torch.long)
-    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
-    attn = torch.zeros((B, T), dtype=torch.long)
-    image_mask = torch.zeros((B, T), dtype=torch.bool)
-    feats = []
-    for i, e in enumerate(examples):
-        n = len(e)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        attn[i, :n] = 1
-        if e.image_start is not None and e.features is not None:
-            image_mask[i, e.image_start : e.image_start + num_image_tokens] = True
-            feats.append(torch.from_numpy(np.ascontiguousarray(e.features)))
+def collate(examples: Sequence[Example], processor: PromptProcessor) -> Batch:
+    """Right-pad a list of examples into a Batch (the processor's padding)."""
+    padded = processor.pad(
+        [Encoded(e.input_ids, e.labels, e.image_start) for e in examples], side="right"
+    )
+    feats = [
+        torch.from_numpy(np.ascontiguousarray(e.features))
+        for e in examples
+        if e.image_start is not None and e.features is not None
+    ]
     features = torch.stack(feats) if feats else torch.empty(0)
-    return Batch(ids, labels, attn, image_mask, features, [e.key for e in examples])
+    return Batch(
+        padded.input_ids,
+        padded.labels,
+        padded.attention_mask,
+        padded.image_mask,
+        features,
+        [e.key for e in examples],
+    )
 
 
 def shards_for_rank(shards: Sequence[str], rank: int, world_size: int) -> list[str]:
@@ -132,14 +133,11 @@ class ExampleStream(IterableDataset[Batch]):
                 "no feature shards to train on: run `msr features` (or check paths.features)"
             )
         self.shards = list(shards)
-        self.tokenizer, self.template = tokenizer, template
-        self.num_image_tokens, self.max_length = num_image_tokens, max_length
+        self.processor = PromptProcessor(tokenizer, template, num_image_tokens, max_length)
         self.batch_size, self.seed, self.epoch = batch_size, seed, epoch
         self.shuffle_buffer, self.group = shuffle_buffer, group_by_modality_length
         self.strict, self.drop_last = strict, drop_last
         self.pending: list[tuple[str, str]] = []  # skips not yet handed out on a batch
-        pad = tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None else tokenizer.eos_token_id
 
     def _examples(self, shards: Sequence[str], rng: random.Random) -> Iterator[Example]:
         pipeline = wds.DataPipeline(
@@ -153,15 +151,8 @@ class ExampleStream(IterableDataset[Batch]):
             for rec in meta["records"]:
                 key = f"{sample['__key__']}/{rec['id']}"
                 try:
-                    enc = encode(
-                        key,
-                        [tuple(t) for t in rec["conversations"]],
-                        self.tokenizer,
-                        self.template,
-                        self.num_image_tokens,
-                        self.max_length,
-                        has_image,
-                    )
+                    turns = [(str(a), str(b)) for a, b in rec["conversations"]]
+                    enc = self.processor.conversation(key, turns, has_image)
                 except BadSample as err:
                     if self.strict:
                         raise
@@ -243,7 +234,7 @@ class ExampleStream(IterableDataset[Batch]):
         self.pending = []
         examples = self._shuffled(self._examples(shards, rng), rng)
         for batch in self._batches(examples, rng):
-            out = collate(batch, self.pad_id, self.num_image_tokens)
+            out = collate(batch, self.processor)
             out.skipped, self.pending = self.pending, []
             yield out
         if self.pending:

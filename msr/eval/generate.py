@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from msr.data.templates import Template
-from msr.data.tokenize import IMAGE_TOKEN_INDEX, tokenize_with_image
 from msr.eval.benchmarks.base import ImageRef, Question
 from msr.models.mllm import MLLM
 from msr.models.preprocess import ImageSpec, prepare
@@ -131,9 +130,9 @@ class Generator:
         self.m, self.args, self.cache = model, args, cache
         self.memo = memo if memo is not None else FeatureMemo()
         self.template = model.template
-        tok = model.tokenizer
-        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.stop_ids = stop_ids(tok, self.template)
+        self.processor = model.processor
+        self.pad_id = self.processor.pad_id
+        self.stop_ids = stop_ids(model.tokenizer, self.template)
 
     def prompt(self, q: Question) -> str:
         return self.template.prompt(q.text, has_image=q.image is not None)
@@ -179,30 +178,11 @@ class Generator:
     def inputs(self, questions: Sequence[Question]) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """The prompts of one batch, left-padded so that each ends where its answer begins:
         (B, T) input ids, (B, T) attention mask, (B, T) image positions, (I, N, d) features."""
-        model, tok = self.m, self.m.tokenizer
-        M = model.num_image_tokens
-        rows: list[list[int]] = []
-        starts: list[int | None] = []
-        for q in questions:
-            ids, _ = tokenize_with_image(self.prompt(q), tok)
-            if IMAGE_TOKEN_INDEX in ids:
-                at = ids.index(IMAGE_TOKEN_INDEX)
-                ids = ids[:at] + [self.pad_id] * M + ids[at + 1 :]
-                starts.append(at)
-            else:
-                starts.append(None)
-            rows.append(ids)
-        T = max(len(r) for r in rows)
+        model = self.m
+        prompts = [self.processor.prompt(q.text, q.image is not None) for q in questions]
+        batch = self.processor.pad(prompts, side="left")
         device = next(model.llm.parameters()).device
-        input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), T), dtype=torch.long)
-        image_mask = torch.zeros((len(rows), T), dtype=torch.bool)
-        for i, (ids, start) in enumerate(zip(rows, starts, strict=True)):
-            offset = T - len(ids)  # left padding: every prompt ends where generation begins
-            input_ids[i, offset:] = torch.tensor(ids)
-            attention[i, offset:] = 1
-            if start is not None:
-                image_mask[i, offset + start : offset + start + M] = True
+        input_ids, attention, image_mask = batch.input_ids, batch.attention_mask, batch.image_mask
         images = [q.image for q in questions if q.image is not None]
         features = self.features(images) if images else None
         return input_ids.to(device), attention.to(device), image_mask.to(device), features

@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from msr.config import Params
+from msr.data.processor import PromptProcessor
 from msr.data.templates import Template
 from msr.models.llm import load_causal_lm, load_template, load_tokenizer
 from msr.models.loss import lm_loss
@@ -119,6 +120,14 @@ class MLLM(nn.Module):
     @property
     def num_image_tokens(self) -> int:
         return self.projector.num_queries
+
+    @property
+    def processor(self) -> PromptProcessor:
+        """What turns a conversation or a question into this model's inputs (training, eval)."""
+        if self.tokenizer is None or self.template is None:
+            raise ValueError("the model has no tokenizer or template: load it with from_pretrained")
+        max_length = self.config.max_length if self.config is not None else 2**31 - 1
+        return PromptProcessor(self.tokenizer, self.template, self.num_image_tokens, max_length)
 
     def image_tokens(self, features: Tensor) -> Tensor:
         """(I, N, d) vision features -> (I, M, c) LLM tokens."""
