@@ -29,8 +29,8 @@ from msr.data.skips import SkipLedger
 from msr.models.vision import describe_vision
 from msr.presets import load_preset
 from msr.profile.environment import environment
+from msr.runtime import topology
 from msr.train.data import FeatureSplit
-from msr.train.distributed import topology
 from msr.train.engine import adamw, param_groups
 from msr.train.loop import build_model, stage_config
 from msr.utils.io import write_report

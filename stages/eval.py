@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from msr.config import Params
 from msr.eval.answers import answer_records, answer_spread, read_answers, write_answers
 from msr.eval.benchmarks import make_benchmark
@@ -15,9 +17,9 @@ from msr.eval.generate import GenerationArgs, Generator, ResponseCache
 from msr.eval.stats import interval
 from msr.models.mllm import MLLM
 from msr.report.eval import render, summarize
+from msr.runtime import finish, topology
 from msr.utils.io import atomic_write_json, write_report
 from msr.utils.precision import check_bf16_speed
-from stages.features import distributed_rank, encode_device
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +45,11 @@ def run(
     every benchmark's batches and rank 0 merges them in question order, scores and writes the
     reports (its return value; the other ranks return None). The split follows the 1-process
     batches, so each batch is the same and so are the answers."""
-    rank, world = distributed_rank()
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
+    topo = topology()
     try:
-        return _run(params, progress, rank, world)
+        return _run(params, progress, topo.rank, topo.world_size, topo.device)
     finally:
-        if world > 1:
-            dist.barrier()
-            dist.destroy_process_group()
+        finish(topo)
 
 
 def _run(
@@ -62,9 +57,9 @@ def _run(
     progress: Callable[[str, int, int], None] | None,
     rank: int,
     world: int,
+    device: torch.device,
 ) -> dict[str, Any] | None:
     e = params.eval
-    device = encode_device("auto")
     check_bf16_speed(["eval.dtype=bf16"] if e.dtype == "bf16" else [], device)
     loaded = MLLM.from_pretrained(params.paths.finetune, dtype=e.dtype, device=device)
     out = Path(params.paths.eval)

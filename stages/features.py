@@ -13,30 +13,9 @@ from msr.config import Params
 from msr.data.features import FeatureReport, Progress, Source, encode_features
 from msr.data.streams import default_streams
 from msr.models.vision import VisionBackbone, load_vision
+from msr.runtime import device_for, ranks
 from msr.utils.memory import retain_freed_memory
 from msr.utils.precision import check_bf16_speed
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world_size) from the torch.distributed launcher environment, (0, 1) without one."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def encode_device(device: str = "auto") -> torch.device:
-    """`cpu`, `cuda` (this process's GPU: LOCAL_RANK), or `auto`: cuda when there is one. The
-    device is not part of the encoder fingerprint: GPU and CPU features differ only by rounding."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device={device!r}; accepted: 'auto', 'cpu', 'cuda'")
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise ValueError("device='cuda' but torch sees no CUDA device")
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if local >= torch.cuda.device_count():
-        raise ValueError(
-            f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} CUDA device(s)"
-        )
-    return torch.device("cuda", local)
 
 
 def tower_of(params: Params, device: torch.device | str = "cpu") -> VisionBackbone:
@@ -81,9 +60,9 @@ def run(
 
     Defaults: on a GPU one stream fed by min(8, cores − 2) decoding processes; on a CPU one
     stream per core, each decoding its own batches (no decoding processes)."""
-    env_rank, env_world = distributed_rank()
+    env_rank, env_world = ranks()
     retain_freed_memory()  # per-image and per-batch buffers are reused, not faulted in anew
-    dev = encode_device(device)
+    dev = device_for(device)  # not in the encoder's fingerprint: GPU and CPU differ by rounding
     check_bf16_speed(["vision.dtype=bf16"] if params.vision.dtype == "bf16" else [], dev)
     if workers is None:
         workers = max(0, min(8, (os.cpu_count() or 1) - 2)) if dev.type == "cuda" else 0
@@ -119,6 +98,16 @@ def run(
             report.ledgers, report.offered = merged.ledgers, merged.offered
     report.check_share(params.data.max_skip_share)  # once merged: the outputs are complete
     return report
+
+
+def launch_options(
+    device: str, workers: int | None, streams: int | None, verify: bool
+) -> list[str]:
+    """The options of `msr features` each launched process gets again."""
+    out = [f"--device={device}"]
+    out += [f"--workers={workers}"] if workers is not None else []
+    out += [f"--streams={streams}"] if streams is not None else []
+    return out + (["--verify"] if verify else [])
 
 
 def merge_only(params: Params) -> FeatureReport:

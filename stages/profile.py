@@ -14,7 +14,7 @@ from msr.profile.analytic import CONVENTIONS, analytic_profile, projector_macs_k
 from msr.profile.measure import measure
 from msr.projectors import PROJECTORS, active_options, output_tokens
 from msr.report.profile import plot, render
-from msr.utils.io import write_report
+from msr.utils.io import atomic_write_json, write_report
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +69,19 @@ def run(params: Params, convention: str = "pure") -> dict[str, Any]:
         result["plot"] = "plots/profile.png"
     write_report(reports / "profile", result, render(result))
     return result
+
+
+def command(
+    params: Params, convention: str, analytic_only: bool, out: Path | None
+) -> dict[str, Any]:
+    """What `msr profile` prints: the summary in `convention` (`--analytic`: the meta-device
+    costs alone, written to `out` when given)."""
+    key = projector_macs_key(convention)  # ValueError naming the accepted conventions
+    if analytic_only:
+        result = analytic(params, convention)
+        if out is not None:
+            atomic_write_json(out, result)
+    else:
+        result = run(params, convention)
+    fields = ("visual_tokens", key, "llm_macs", "kv_cache_bytes", "params", "convention")
+    return {k: result[k] for k in fields}

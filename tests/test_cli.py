@@ -249,7 +249,7 @@ def test_bad_budget_fails_before_training_starts(repo_root: Path) -> None:
 
 def test_local_rank_before_the_command_is_accepted() -> None:
     """The DeepSpeed launcher starts `cli.py --local_rank=N <command> ...`."""
-    from cli import strip_local_rank
+    from msr.runtime import strip_local_rank
 
     assert strip_local_rank(["--local_rank=1", "pretrain", "--params", "p.yaml"]) == [
         "pretrain",

@@ -58,7 +58,7 @@ def test_batches_cover_every_item_once_and_the_tail_is_finer() -> None:
 
 
 def test_encode_device_choices() -> None:
-    from stages.features import encode_device
+    from msr.runtime import device_for as encode_device
 
     assert encode_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():

@@ -35,7 +35,8 @@ from pathlib import Path
 import deepspeed, psutil, torch
 from msr.config import Train
 from msr.models.llm import load_causal_lm
-from msr.train.distributed import deepspeed_config, finish, topology, zero3_loading
+from msr.train.distributed import deepspeed_config, zero3_loading
+from msr.runtime import finish, topology
 
 model, ds, out = sys.argv[1:4]
 topo = topology()

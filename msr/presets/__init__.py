@@ -69,3 +69,13 @@ def preset_text(name: str, overrides: Sequence[str] = ()) -> str:
 def load_preset(name: str) -> Params:
     """The typed params of preset `name`."""
     return resolve_params(yaml.safe_load(preset_path(name).read_text()), source=f"preset {name}")
+
+
+def describe_presets() -> list[tuple[str, str]]:
+    """(name, the first sentence of the preset's header comment) of every preset."""
+    rows = []
+    for name in list_presets():
+        text = preset_path(name).read_text()
+        head = " ".join(x.lstrip("# ") for x in text.splitlines() if x[:1] == "#")
+        rows.append((name, head.split(":", 1)[-1].split(". ")[0].strip().rstrip(".") + "."))
+    return rows

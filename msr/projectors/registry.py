@@ -120,3 +120,13 @@ def create_projector(
         params.name, vision_dim=vision_dim, llm_dim=llm_dim, num_queries=m, grid=grid, **options
     )
     return projector, options
+
+
+def describe_projectors() -> list[tuple[str, str, str]]:
+    """(name, the first line of its docstring, its options with defaults) of every projector."""
+    rows = []
+    for name in sorted(PROJECTORS):
+        doc = (PROJECTORS[name].__doc__ or "").strip().splitlines()[0]
+        opts = ", ".join(f"{k}={v[1]!r}" for k, v in projector_options(name).items())
+        rows.append((name, doc, opts))
+    return rows

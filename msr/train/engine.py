@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from msr.config import Train
 from msr.data.loader import Batch
+from msr.runtime import Topology, barrier
 from msr.train import checkpoint as ckpt
-from msr.train.distributed import Topology, barrier, deepspeed_config
+from msr.train.distributed import deepspeed_config
 from msr.utils.io import atomic_write_json
 
 

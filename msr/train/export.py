@@ -12,7 +12,7 @@ import torch
 from msr.config import Params
 from msr.models.mllm import MLLM
 from msr.projectors import files as pfiles
-from msr.train.distributed import Topology, barrier
+from msr.runtime import Topology, barrier
 from msr.train.engine import Engine
 
 

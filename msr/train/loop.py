@@ -30,17 +30,9 @@ from msr.config import Params, Train
 from msr.data.loader import Batch, ExampleStream, shards_for_rank
 from msr.data.skips import SkipLedger, check_share
 from msr.models.mllm import MLLM
+from msr.runtime import Topology, barrier, finish, topology
 from msr.train.data import FeatureSplit, TrainingError, batches_of, feature_split
-from msr.train.distributed import (
-    Topology,
-    all_min,
-    all_sum,
-    barrier,
-    finish,
-    gather_skips,
-    topology,
-    zero3_loading,
-)
+from msr.train.distributed import all_min, all_sum, gather_skips, zero3_loading
 from msr.train.engine import Engine, deepspeed_bf16, make_engine
 from msr.train.export import save_stage, state_digest
 from msr.train.logger import MetricLogger
@@ -71,6 +63,13 @@ class TrainResult:
     startup_wait_seconds: float  # of which for the first batch of each epoch
     resumed_from: int
     out: str
+
+    def summary(self, stage: str) -> str:
+        return (
+            f"{stage}: {self.steps} steps, {self.samples} samples, loss {self.first_loss:.4f} -> "
+            f"{self.last_loss:.4f}, {self.seconds:.0f} s (data wait {self.data_wait_seconds:.1f} "
+            f"s); skipped {self.skipped} unusable, {self.unused} read but not trained on"
+        )
 
 
 def stage_config(params: Params, stage: Stage) -> Train:
