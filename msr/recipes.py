@@ -7,6 +7,9 @@ any preset: the params file decides the backbones and the data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 PROJECTORS_AT_BUDGET = (
     "ms_resampler,resampler,pixel_shuffle,c_abstractor,ldp_v2,tokenpacker,avgpool"
@@ -20,6 +23,10 @@ class Recipe:
     calls: tuple[tuple[str, ...], ...]  # the -S sweeps of each `dvc exp run --queue` call
     size: int  # experiments queued
     baseline: str  # what `msr compare --baseline` should name (described, not an experiment name)
+    names: tuple[str, ...] = ()  # an experiment name per call (`-n`), for named experiments
+    # run one after another in the workspace (`dvc exp run`, not queued): a later experiment reads
+    # what an earlier one left there
+    sequential: bool = False
 
 
 RECIPES: dict[str, Recipe] = {
@@ -75,18 +82,58 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def recipe(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
-    return RECIPES[name]
+EXPERIMENTS = Path("experiments")  # recipes as files: `<name>.yaml`, beside the built-in ones
 
 
-def commands(name: str, extra: tuple[str, ...] = ()) -> list[list[str]]:
-    """The `dvc exp run --queue` command lines of a recipe (`extra`: more `-S` overrides, e.g. to
-    pin steps for a quick pass)."""
+def file_recipe(path: Path) -> Recipe:
+    """A recipe from `experiments/<name>.yaml`: a title, a baseline, `sequential`, and named
+    experiments, each a list of `set` overrides (and a `why`)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+        exps = raw["experiments"]
+        names = tuple(str(n) for n in exps)
+        calls = tuple(tuple(str(s) for s in (exps[n] or {}).get("set") or ()) for n in names)
+        return Recipe(str(raw["title"]), calls, len(names), str(raw.get("baseline", "")), names,
+                      bool(raw.get("sequential", False)))  # fmt: skip
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(
+            f"{path} is not a recipe (title, baseline, experiments: {{name: {{set: [...]}}}}): {err}"
+        ) from None
+
+
+def all_recipes(folder: Path = EXPERIMENTS) -> dict[str, Recipe]:
+    """The built-in recipes and those of `folder`."""
+    files = (
+        {p.stem: file_recipe(p) for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+    )
+    return {**RECIPES, **files}
+
+
+def recipe(name: str, folder: Path = EXPERIMENTS) -> Recipe:
+    known = all_recipes(folder)
+    if name not in known:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(known)}")
+    return known[name]
+
+
+def commands(
+    name: str, extra: tuple[str, ...] = (), only: tuple[str, ...] = (), folder: Path = EXPERIMENTS
+) -> list[list[str]]:
+    """The `dvc exp run` command lines of a recipe (`extra`: more `-S` overrides, e.g. to pin
+    steps for a quick pass; `only`: these named experiments), queued unless it is sequential."""
+    r = recipe(name, folder)
+    unknown = sorted(set(only) - set(r.names))
+    if unknown:
+        raise ValueError(
+            f"recipe {name!r} has no experiment(s) {unknown}; it has: {', '.join(r.names)}"
+        )
     out = []
-    for sweeps in recipe(name).calls:
-        cmd = ["dvc", "exp", "run", "--queue"]
+    for i, sweeps in enumerate(r.calls):
+        named = r.names[i] if r.names else None
+        if only and named not in only:
+            continue
+        cmd = ["dvc", "exp", "run", *([] if r.sequential else ["--queue"])]
+        cmd += ["-n", named] if named else []
         for s in (*sweeps, *extra):
             cmd += ["-S", s]
         out.append(cmd)

@@ -75,10 +75,12 @@ def projectors_bench(
 
 @recipe_app.command("list")
 def recipe_list() -> None:
-    """The recipes (Tables 1, 4, 5, 6, the claim, β) and their sizes. Example: `msr recipe list`"""
-    from msr.recipes import RECIPES
+    """The recipes: the paper's tables, the claim, β, and those in experiments/. Example: `msr
+    recipe list`"""
+    from msr.recipes import all_recipes
 
-    rows = [(n, r.title, str(r.size), r.baseline) for n, r in RECIPES.items()]
+    with reported():
+        rows = [(n, r.title, str(r.size), r.baseline) for n, r in all_recipes().items()]
     table(("recipe", "what", "experiments", "Avg. baseline"), rows)
 
 
@@ -86,17 +88,18 @@ def recipe_list() -> None:
 def recipe_queue(
     name: str,
     set_: SetOpt = None,
+    only: Annotated[list[str] | None, typer.Option(help="Only these experiments.")] = None,
     dry: Annotated[bool, typer.Option("--dry", help="Print the dvc commands only.")] = False,
 ) -> None:
-    """Queue a recipe's experiments; then `dvc queue start -j N` and `msr compare`. Example:
-    `msr recipe queue table4 --set finetune.max_steps=10`"""
+    """Queue a recipe's experiments (a sequential one runs them in order); then `dvc queue start
+    -j N` and `msr compare`. Example: `msr recipe queue table4 --set finetune.max_steps=10`"""
     import shlex
     import subprocess
 
     from msr.recipes import commands
 
     with reported():
-        cmds = commands(name, tuple(set_ or ()))
+        cmds = commands(name, tuple(set_ or ()), tuple(only or ()))
     for cmd in cmds:
         console.print(shlex.join(cmd), highlight=False)
         if not dry and subprocess.call(cmd) != 0:

@@ -136,8 +136,8 @@ def _text_scene_record(
     multiple-choice question answered with the option's letter (`kind` "mc") or as a short-answer
     question answered in a word as the image questions are ("qa"). A small LLM neither reads an
     answer off the options nor checks a scene for a colour by itself
-    (benchmarks/small_real_letters.py, small_real_text_qa.py); here it can learn to without the
-    image."""
+    (the letters and text-QA probes of docs/research/small-real.md); here it can learn to without
+    the image."""
     categories = [c for c in CAPTION_CATEGORIES if c in cfg.categories]
     vocab = Vocab(tuple(cfg.colors), tuple(cfg.backgrounds))
     for category in rng.sample(categories, len(categories)):

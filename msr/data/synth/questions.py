@@ -295,15 +295,6 @@ def ask_category(rng: random.Random, scene: Scene, category: str, vocab: Vocab) 
     return ()
 
 
-def ask(rng: random.Random, scene: Scene, category: str, palette: Sequence[str]) -> QA | None:
-    """One question of `category` about `scene` (one half of a pair), or None. For callers that
-    know only the shape palette (the small-real research scripts): a background question's
-    distractors then come from the palette; the generator itself asks with a full `Vocab`."""
-    vocab = Vocab(tuple(palette), tuple(dict.fromkeys([scene.background, *palette])))
-    qas = ask_category(rng, scene, category, vocab)
-    return rng.choice(qas) if qas else None
-
-
 def caption(scene: Scene) -> str:
     """A short, complete description: every shape with size and colour, the background, the glyph."""
     parts = [f"a {s.size} {s.color} {s.kind}" for s in scene.shapes]
