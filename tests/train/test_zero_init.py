@@ -27,7 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 # several processes loading a 100 M-parameter Llama: `make test-slow` (CI runs it)
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import json, os, resource, sys

@@ -32,7 +32,7 @@ from tests.conftest import tiny_params
 # several processes each: `make test-slow` (CI runs it)
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIST = {
     "per_device_batch": 4,
     "num_devices": 2,

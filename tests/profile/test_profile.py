@@ -117,7 +117,7 @@ def test_cli_analytic_writes_the_contract_keys(tmp_path: Path) -> None:
     from cli import app
 
     out = tmp_path / "a.json"
-    preset = Path(__file__).resolve().parents[1] / "msr" / "presets" / "llava15-7b.yaml"
+    preset = Path(__file__).resolve().parents[2] / "msr" / "presets" / "llava15-7b.yaml"
     result = CliRunner().invoke(
         app, ["profile", "--params", str(preset), "--analytic", "--out", str(out)]
     )

@@ -23,7 +23,7 @@ from msr.data.skips import TooManySkips
 from msr.data.tar_writer import ShardWriter
 from stages import features
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def with_features(params: Params, out: Path, **data: object) -> Params:

@@ -10,7 +10,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedModel
 from msr.models.loss import lm_loss, plain_head
 from msr.models.mllm import MLLM
 from msr.projectors import build_projector
-from tests.test_mllm import LLMS
+from tests.models.test_mllm import LLMS
 
 
 def _batch() -> tuple[torch.Tensor, ...]:

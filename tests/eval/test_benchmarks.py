@@ -9,7 +9,7 @@ import pytest
 
 from msr.config import Params
 from msr.eval.benchmarks import REAL, SYNTH, BenchmarkMissing, make_benchmark
-from tests.eval_fixtures import MC, make_eval_root
+from tests.eval.eval_fixtures import MC, make_eval_root
 
 
 @pytest.fixture(scope="module")
