@@ -47,14 +47,17 @@ def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False)
 
 
 def _relaunch(launcher: str, devices: int, command: str, params: Path, sets: list[str] | None,
-              *extra: str) -> None:  # fmt: skip
-    """Exit with the code of this command run under the params' launcher, if it asks for one."""
+              *extra: str) -> bool:  # fmt: skip
+    """True when this command ran under the params' launcher (exits with its code if it failed);
+    False when this process does the work itself."""
     from msr.runtime import relaunch
 
     argv = [command, "--params", str(params), *[f"--set={s}" for s in sets or []], *extra]
     code = relaunch(launcher, devices, argv)
-    if code is not None:
+    if code:
+        err_console.print(f"[red]error:[/red] {command} exited with code {code}", highlight=False)
         raise typer.Exit(code)
+    return code is not None
 
 
 @app.command(rich_help_panel=PIPELINE)
@@ -99,7 +102,8 @@ def features(
     p = _load(params, set_)
     if not merge_only and rank is None:
         extra = stage.launch_options(device, workers, streams, verify)
-        _relaunch(p.data.launcher, p.data.num_devices, "features", params, set_, *extra)
+        if _relaunch(p.data.launcher, p.data.num_devices, "features", params, set_, *extra):
+            return
     with _reported(), bars(err_console) as bar:
         report = stage.merge_only(p) if merge_only else stage.run(
             p, rank=rank, world_size=world_size, workers=workers, streams=streams, device=device,
@@ -121,7 +125,8 @@ def _train(
     p = _load(params, set_)
     cfg = stage_config(p, stage)  # type: ignore[arg-type]
     extra = ["--resume", resume, *(["--trace-samples", str(trace)] if trace else [])]
-    _relaunch(cfg.launcher, cfg.num_devices, stage, params, set_, *extra)
+    if _relaunch(cfg.launcher, cfg.num_devices, stage, params, set_, *extra):
+        return
 
     with _reported(), bars(err_console) as bar:
 
@@ -175,7 +180,8 @@ def eval_(params: ParamsOpt = PARAMS, set_: SetOpt = None) -> None:
     from stages import eval as stage
 
     p = _load(params, set_)
-    _relaunch(p.eval.launcher, p.eval.num_devices, "eval", params, set_)
+    if _relaunch(p.eval.launcher, p.eval.num_devices, "eval", params, set_):
+        return
     with _reported(), bars(err_console) as bar:
         summary = stage.run(p, progress=bar.set)
     for name, value in (summary or {}).get("headline", {}).items():  # rank 0 holds the summary
