@@ -12,6 +12,8 @@ warns "tokenization mismatch" and trains on an all-masked sample.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 from safetensors import SafetensorError
@@ -178,3 +180,41 @@ def load_causal_lm(
     if llm.generation_config.pad_token_id is None:
         llm.generation_config.pad_token_id = llm.config.eos_token_id
     return llm
+
+
+@dataclass
+class LLMBackbone:
+    """The language side, loaded and checked as one (the vision side is a `VisionBackbone`): the
+    causal LM, its tokenizer, and the prompt template bound to that tokenizer."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    template: Template
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        *,
+        template: str,
+        revision: str | None = None,
+        gguf_file: str | None = None,
+        system: str | None = None,
+        dtype: str = "bf16",
+        attention: str = "sdpa",
+        loading: AbstractContextManager[Any] | None = None,
+    ) -> LLMBackbone:
+        """A hub id, local directory or GGUF file (`load_causal_lm`), its tokenizer and the template
+        `template`, checked together; the weights are built inside `loading` when given (e.g.
+        DeepSpeed's `zero.Init`)."""
+        tokenizer = load_tokenizer(model, revision=revision, gguf_file=gguf_file)
+        with loading if loading is not None else nullcontext():
+            llm = load_causal_lm(
+                model, revision=revision, gguf_file=gguf_file, dtype=dtype, attention=attention
+            )
+        return cls(llm, tokenizer, load_template(template, tokenizer, model, system))
+
+    @property
+    def hidden_size(self) -> int:
+        """c: the width of the LLM's input embeddings, what a projector must output."""
+        return int(self.model.config.hidden_size)

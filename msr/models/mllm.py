@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from msr.config import Params
 from msr.data.processor import PromptProcessor
 from msr.data.templates import Template
-from msr.models.llm import load_causal_lm, load_template, load_tokenizer
+from msr.models.llm import LLMBackbone, TemplateMismatch
 from msr.models.loss import lm_loss
 from msr.models.vision import DTYPES, VisionBackbone, load_vision
 from msr.projectors import Projector, create_projector
@@ -254,14 +254,16 @@ class MLLM(nn.Module):
             ) from None
         backbone = load_vision(**asdict(config.vision)) if vision else None
         try:
-            llm = load_causal_lm(str(directory / LLM_DIR), dtype=dtype)
-            tokenizer = load_tokenizer(str(directory / LLM_DIR))
+            lm = LLMBackbone.load(str(directory / LLM_DIR), template=config.template,
+                                  system=config.system, dtype=dtype)  # fmt: skip
+        except TemplateMismatch:
+            raise
         except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise reading.CheckpointError(
                 f"the LLM in {directory / LLM_DIR} cannot be loaded ({first}); {fix}"
             ) from None
-        template = load_template(config.template, tokenizer, str(directory), config.system)
+        llm, tokenizer, template = lm.model, lm.tokenizer, lm.template
         projector = pfiles.load_projector(directory, fix=fix).to(DTYPES[dtype])
         model = cls(llm, projector, backbone, tokenizer=tokenizer, template=template, config=config)
         model.fingerprint = files_fingerprint(directory, backbone)
@@ -285,29 +287,17 @@ class MLLM(nn.Module):
         `zero.Init`), and a new projector — or, with `stage1`, the projector saved there, which
         must be the one the params describe. Returns the model and the projector's options."""
         m = params.llm
-        tokenizer = load_tokenizer(m.model, revision=m.revision, gguf_file=m.gguf_file)
         name = template or m.template
-        with loading if loading is not None else nullcontext():
-            llm = load_causal_lm(
-                m.model,
-                revision=m.revision,
-                gguf_file=m.gguf_file,
-                dtype=dtype,
-                attention=attention,
-            )
-        hidden = llm.config.hidden_size
-        projector, options = create_projector(params.projector, vision_width, hidden, grid)
+        lm = LLMBackbone.load(m.model, template=name, revision=m.revision, gguf_file=m.gguf_file,
+                              system=m.system, dtype=dtype, attention=attention, loading=loading)  # fmt: skip
+        projector, options = create_projector(params.projector, vision_width, lm.hidden_size, grid)
         if stage1 is not None:
             expected = pfiles.projector_config(projector, options)
             saved = pfiles.load_projector(stage1, expected, fix="rerun stage 1 (`msr pretrain`)")
             projector.load_state_dict(saved.state_dict())
         config = MLLMConfig.from_params(params, projector, options, name)
         model = cls(
-            llm,
-            projector,
-            tokenizer=tokenizer,
-            template=load_template(name, tokenizer, m.model, m.system),
-            config=config,
+            lm.model, projector, tokenizer=lm.tokenizer, template=lm.template, config=config
         )
         return model, options
 
