@@ -31,11 +31,11 @@ from msr.data.features import Source, encode_features
 from msr.data.llava import read_llava_json
 from msr.data.streams import default_streams, ordered_map
 from msr.models.preprocess import prepare
+from msr.models.vision import vision_for
 from msr.profile.environment import environment
 from msr.resolve import load_params
 from msr.utils.io import write_report
 from msr.utils.memory import retain_freed_memory
-from stages.features import tower_of
 
 
 def main() -> None:
@@ -97,7 +97,7 @@ def run(params, work: Path, n_images: int, repeats: int, workers: int, streams: 
             ]
         )
     )
-    tower = tower_of(params)
+    tower = vision_for(params.vision)
     root = Path(d.instruct_images)
     from PIL import Image
 

@@ -7,22 +7,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from msr.config import Params
 from msr.data.features import FeatureReport, Progress, Source, encode_features
 from msr.data.streams import default_streams
-from msr.models.vision import VisionBackbone, load_vision
+from msr.models.vision import VisionBackbone, vision_for
 from msr.runtime import device_for, ranks
 from msr.utils.memory import retain_freed_memory
 from msr.utils.precision import check_bf16_speed
-
-
-def tower_of(params: Params, device: torch.device | str = "cpu") -> VisionBackbone:
-    """The frozen backbone the params describe, at the requested resolution."""
-    v = params.vision
-    return load_vision(v.model, device=device, **v.backbone_options)
-
 
 SPLITS = ("pretrain", "instruct")
 
@@ -71,7 +62,7 @@ def run(
     explicit = rank is not None
     rank = rank if rank is not None else env_rank
     world = world_size if world_size is not None else env_world
-    tower, sources = tower_of(params, dev), sources_of(params, splits)
+    tower, sources = vision_for(params.vision, dev), sources_of(params, splits)
     report = _encode(
         params,
         tower,
@@ -112,7 +103,7 @@ def launch_options(
 
 def merge_only(params: Params) -> FeatureReport:
     """Write manifest.parquet and skips.json from the fragments of every planned shard."""
-    report = _encode(params, tower_of(params), sources_of(params), encode=False)
+    report = _encode(params, vision_for(params.vision), sources_of(params), encode=False)
     report.check_share(params.data.max_skip_share)
     return report
 

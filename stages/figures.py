@@ -50,9 +50,9 @@ def _attention(
     from PIL import Image
 
     from msr.models.preprocess import prepare, square
-    from stages.features import tower_of
+    from msr.models.vision import vision_for
 
-    tower = tower_of(params)
+    tower = vision_for(params.vision)
     with Image.open(image) as img:
         photo = square(img.convert("RGB"), tower.spec)  # as the encoder sees it: padded, S×S
     feats = tower(prepare(photo, tower.spec)[None])  # (1, 3, S, S) uint8 -> (1, N, d)

@@ -23,13 +23,13 @@ from msr.data.shards import read_manifest
 from msr.data.synth.generate import save_jpeg
 from msr.data.synth.questions import caption
 from msr.data.synth.scene import Scene, SceneSpec, render, sample_scene
+from msr.models.vision import vision_for
 from msr.probe.grids import grid_specs
 from msr.probe.questions import Vocabulary, ask_all
 from msr.probe.run import ProbeSet, Settings, train_and_score
 from msr.projectors import output_tokens
 from msr.report.probe import plot, render_markdown, summarize
 from msr.utils.io import atomic_write_json, write_report
-from stages.features import tower_of
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
@@ -112,7 +112,7 @@ def run(params: Params, progress: Callable[[str], None] | None = None) -> dict[s
     root = Path(params.paths.probe)
     scenes = scenes_of(params)
     sources = write_scenes(root / "scenes", scenes)
-    tower = tower_of(params)
+    tower = vision_for(params.vision)
     encode_features(sources, root / "features", tower, shard_mb=params.data.shard_mb,
                     batch_size=params.data.encode_batch, strict=True)  # fmt: skip
     del tower

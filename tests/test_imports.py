@@ -89,3 +89,17 @@ def test_no_import_circle_in_msr() -> None:
 def test_the_schema_knows_no_other_module_of_msr() -> None:
     """`msr.config` is the schema; what needs a domain module is checked in `msr.resolve`."""
     assert import_graph()["msr.config"] <= {"msr.data.images"}  # a leaf: constants and PIL
+
+
+def test_no_stage_imports_another_stage() -> None:
+    """A stage is one command's body; what two stages share lives in msr/."""
+    for path in sorted((ROOT / "stages").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not [n for n in names if n.startswith("stages")], (path.name, names)

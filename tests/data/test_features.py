@@ -85,12 +85,12 @@ def test_features_equal_the_tower_output(tiny_workspace: Params, tmp_path: Path)
     from PIL import Image
 
     from msr.models.preprocess import prepare
-    from stages.features import tower_of
+    from msr.models.vision import vision_for
 
     p = with_features(tiny_workspace, tmp_path / "f")
     features.run(p, workers=0)
     sample = samples(tmp_path / "f")["00000_000000001"]
-    tower = tower_of(p)
+    tower = vision_for(p.vision)
     image = Image.open(Path(p.data.pretrain_images) / sample["json"]["image"])
     expected = tower(prepare(image, tower.spec)[None])[0].float().numpy()
     np.testing.assert_allclose(sample["npy"].astype(np.float32), expected, rtol=2e-2, atol=2e-2)

@@ -12,6 +12,7 @@ from msr.models.vision.registry import (
     load_vision,
     register_vision,
     vision_class,
+    vision_for,
 )
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "load_vision",
     "register_vision",
     "vision_class",
+    "vision_for",
     "weights_hash",
 ]

@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from transformers import AutoConfig, PretrainedConfig
 
 if TYPE_CHECKING:
+    import torch
+
+    from msr.config import Vision as VisionParams
     from msr.models.vision.base import VisionBackbone
 
 VISION_BACKBONES: dict[str, type[VisionBackbone]] = {}  # model_type -> family class
@@ -62,3 +65,8 @@ def describe_vision(
     )
     side = spec.size // int(vcfg.patch_size)
     return fp, int(vcfg.hidden_size), (side, side)
+
+
+def vision_for(vision: VisionParams, device: torch.device | str = "cpu") -> VisionBackbone:
+    """The frozen backbone the params' `vision` section describes, at its resolution."""
+    return load_vision(vision.model, device=device, **vision.backbone_options)
