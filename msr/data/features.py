@@ -33,6 +33,8 @@ from msr.data.shards import (
     plan_items,
     plan_shards,
     shard_state,
+    skip_reason,
+    split_rows,
     write_fragment,
 )
 from msr.data.skips import SkipLedger, check_share
@@ -237,32 +239,12 @@ def _tally(
     """Per split, the records offered (read, used or not) and the skipped ones by reason."""
     split_of = {str(src.json): src.split for src in sources}
     for src in sources:
-        report.ledgers.setdefault(src.split, SkipLedger())
-        report.offered.setdefault(src.split, 0)
+        rows = split_rows(table, src.split)
+        report.ledgers[src.split], report.offered[src.split] = rows.skipped, rows.offered
     for skip in reader_skips:
         split = split_of[skip.file]
-        report.ledgers[split].add(f"reader: {_short(skip.reason)}", skip.id)
+        report.ledgers[split].add(f"reader: {skip_reason(skip.reason)}", skip.id)
         report.offered[split] += 1
-    rows = zip(
-        table["split"].to_pylist(),
-        table["status"].to_pylist(),
-        table["record_ids"].to_pylist(),
-        table["key"].to_pylist(),
-        table["reason"].to_pylist(),
-        strict=True,
-    )
-    for split, status, records, key, reason in rows:
-        if split not in report.offered:
-            continue
-        report.offered[split] += len(records or [key])
-        if status == "skipped":
-            for rid in records or [key]:
-                report.ledgers[split].add(f"reader: {_short(reason)}", str(rid))
-
-
-def _short(reason: str | None) -> str:
-    """`missing image: data/x.jpg` → `missing image` (what a skip is counted by)."""
-    return (reason or "unknown").split(":")[0].split(" (")[0][:80]
 
 
 def _encode(

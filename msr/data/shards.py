@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from msr.data.llava import Record
+from msr.data.skips import SkipLedger
 from msr.utils.io import atomic_write
 
 MANIFEST = "manifest.parquet"
@@ -234,3 +235,43 @@ def check_shards(out: Path, shards: Iterable[str]) -> None:
                 f"feature shard {tar} is {size} bytes on disk, {recorded} recorded (truncated or "
                 "edited); delete it and its .parquet, then rerun `msr features`"
             )
+
+
+@dataclass
+class SplitRows:
+    """One split of a manifest: records per finished shard, and the records skipped at encoding."""
+
+    records: dict[str, int] = field(default_factory=dict)  # shard name -> records in it
+    skipped: SkipLedger = field(default_factory=SkipLedger)  # `reader: <reason>` -> record ids
+
+    @property
+    def offered(self) -> int:
+        return sum(self.records.values()) + self.skipped.bad
+
+
+def split_rows(table: pa.Table, split: str) -> SplitRows:
+    """The rows of `split` in a feature manifest, counted."""
+    out = SplitRows()
+    rows = zip(
+        table["shard"].to_pylist(),
+        table["split"].to_pylist(),
+        table["status"].to_pylist(),
+        table["record_ids"].to_pylist(),
+        table["key"].to_pylist(),
+        table["reason"].to_pylist(),
+        strict=True,
+    )
+    for shard, split_, status, records, key, reason in rows:
+        if split_ != split:
+            continue
+        if status == "ok":
+            out.records[shard] = out.records.get(shard, 0) + len(records or [key])
+        elif status == "skipped":
+            for rid in records or [key]:
+                out.skipped.add(f"reader: {skip_reason(reason)}", str(rid))
+    return out
+
+
+def skip_reason(reason: str | None) -> str:
+    """`missing image: data/x.jpg (…)` → `missing image`: what a skip is counted by."""
+    return (reason or "unknown").split(":")[0].split(" (")[0][:80]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from msr.config import Params
 from msr.data.loader import Batch
-from msr.data.shards import ShardError, check_shards, read_manifest
+from msr.data.shards import ShardError, check_shards, read_manifest, skip_reason, split_rows
 from msr.data.skips import SkipLedger
 from msr.models.vision import describe_vision
 
@@ -48,29 +48,12 @@ def feature_split(params: Params, split: str) -> FeatureSplit:
             f"the features in {root} come from another encoder than the params describe "
             f"(manifest vs params: {'; '.join(diffs)}); rerun `msr features`"
         )
-    counts: dict[str, int] = {}
-    skipped = SkipLedger()
-    rows = zip(
-        table["shard"].to_pylist(),
-        table["split"].to_pylist(),
-        table["status"].to_pylist(),
-        table["record_ids"].to_pylist(),
-        table["key"].to_pylist(),
-        table["reason"].to_pylist(),
-        strict=True,
-    )
-    for shard, split_, status, records, key, reason in rows:
-        if split_ != split:
-            continue
-        if status == "ok":
-            counts[shard] = counts.get(shard, 0) + len(records)
-        elif status == "skipped":
-            for rid in records or [key]:
-                skipped.add(f"reader: {_short(reason)}", str(rid))
+    rows = split_rows(table, split)
+    counts, skipped = rows.records, rows.skipped
     source = params.data.pretrain_json if split == "pretrain" else params.data.instruct_json
     for s in _reader_skips(root / "skips.json"):
         if Path(s["file"]) == Path(source):
-            skipped.add(f"reader: {_short(s['reason'])}", str(s["id"]))
+            skipped.add(f"reader: {skip_reason(s['reason'])}", str(s["id"]))
     if not counts:
         raise TrainingError(
             f"no {split} shards in {root}: the manifest lists none (run `msr features`)"
@@ -96,10 +79,6 @@ def _reader_skips(path: Path) -> list[dict[str, str]]:
             f"{path} is damaged ({type(err).__name__}: {err}); rerun `msr features --merge-only`"
         ) from None
     return list(rows)
-
-
-def _short(reason: str | None) -> str:
-    return (reason or "unknown").split(":")[0].split(" (")[0][:80]
 
 
 def batches_of(loader: Iterable[Batch], skipped: SkipLedger) -> Iterator[Batch]:
