@@ -67,3 +67,11 @@ def tiny_workspace(tmp_path_factory: pytest.TempPathFactory) -> Params:
     synth.run(params)
     models.run(params)
     return params
+
+
+def relocated(params: Params, root: Path, *names: str) -> dict:
+    """The raw params of `params` with the path of each of `names` (features, pretrain, …) moved
+    under `root`: a fixture's own outputs, beside the shared workspace's inputs."""
+    raw = params.model_dump(mode="json")
+    raw["paths"].update({name: str(root / name) for name in names})
+    return raw

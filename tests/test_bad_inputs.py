@@ -22,6 +22,7 @@ from msr.data.skips import TooManySkips
 from msr.eval.benchmarks.base import ImageRef
 from msr.train.loop import train
 from stages import features
+from tests.conftest import relocated
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -235,13 +236,7 @@ def trained(tiny_workspace: Params, tmp_path_factory: pytest.TempPathFactory) ->
     """Features, a stage-1 projector, a stage-2 model and an interrupted stage 2 with its last
     checkpoint, of the tiny preset (a few steps each)."""
     root = tmp_path_factory.mktemp("trained")
-    raw = tiny_workspace.model_dump(mode="json")
-    raw["paths"].update(
-        features=str(root / "features"),
-        pretrain=str(root / "pretrain"),
-        finetune=str(root / "finetune"),
-        reports=str(root / "reports"),
-    )
+    raw = relocated(tiny_workspace, root, "features", "pretrain", "finetune", "reports")
     fast = {"per_device_batch": 2, "log_every": 1, "loader_workers": 0}
     raw["pretrain"].update(fast, max_steps=2)
     raw["finetune"].update(fast, max_steps=4, save_every=2)

@@ -23,6 +23,7 @@ from msr.models.mllm import MLLM
 from msr.train.loop import train
 from stages import eval as eval_stage
 from stages import features
+from tests.conftest import relocated
 
 QUICK = {
     "log_every": 5,
@@ -36,14 +37,7 @@ QUICK = {
 @pytest.fixture(scope="module")
 def trained(tiny_workspace: Params, tmp_path_factory: pytest.TempPathFactory) -> Params:
     root = tmp_path_factory.mktemp("trained")
-    raw = tiny_workspace.model_dump(mode="json")
-    raw["paths"].update(
-        features=str(root / "features"),
-        pretrain=str(root / "pretrain"),
-        finetune=str(root / "finetune"),
-        eval=str(root / "eval"),
-        reports=str(root / "reports"),
-    )
+    raw = relocated(tiny_workspace, root, "features", "pretrain", "finetune", "eval", "reports")
     raw["pretrain"].update(QUICK, max_steps=2)
     raw["finetune"].update(QUICK, max_steps=20)
     raw["eval"].update(limit=12, batch_size=5, max_new_tokens=8)
