@@ -244,6 +244,33 @@ def predict(
         console.print(stage.run(p, image, question, model))
 
 
+@app.command(name="export", rich_help_panel=TOOLS)
+def export_(
+    model: Annotated[Path, typer.Argument(help="A trained model folder (paths.finetune).")],
+    out: Annotated[Path, typer.Argument(help="The folder to write (replaced if it exists).")],
+    format_: Annotated[
+        str, typer.Option("--format", help="llava-hf (the mlp projector) or remote-code (any).")
+    ] = "remote-code",
+    dtype: Annotated[str | None, typer.Option(help="bf16 | fp32 (default: as saved).")] = None,
+    params: Annotated[
+        Path | None, typer.Option(help="The params that trained it: the card's recipe.")
+    ] = None,
+    eval_json: Annotated[
+        Path | None, typer.Option("--eval", help="Its eval.json: the card's scores.")
+    ] = None,
+    push: Annotated[str | None, typer.Option(help="Upload to this Hub repo id.")] = None,
+) -> None:
+    """A trained model as a Hugging Face folder that plain transformers loads, with a model card.
+    Example: `msr export data/small-real/finetune hf/ms-resampler --format remote-code`"""
+    from stages import export as stage
+
+    p = _load(params, None) if params is not None else None
+    with _reported():
+        folder = stage.run(model, out, format_, dtype=dtype, params=p, evaluation=eval_json,
+                           push=push)  # fmt: skip
+        console.print(stage.describe(folder), highlight=False)
+
+
 @app.command(rich_help_panel=TOOLS)
 def figures(
     params: ParamsOpt = PARAMS,

@@ -29,7 +29,7 @@ from msr.data.processor import PromptProcessor
 from msr.data.templates import Template
 from msr.models.llm import LLMBackbone, TemplateMismatch
 from msr.models.loss import lm_loss
-from msr.models.vision import DTYPES, VisionBackbone, load_vision
+from msr.models.vision import DTYPES, VisionBackbone, describe_vision, load_vision
 from msr.projectors import Projector, create_projector
 from msr.projectors import files as pfiles
 from msr.utils import reading
@@ -266,7 +266,12 @@ class MLLM(nn.Module):
         llm, tokenizer, template = lm.model, lm.tokenizer, lm.template
         projector = pfiles.load_projector(directory, fix=fix).to(DTYPES[dtype])
         model = cls(llm, projector, backbone, tokenizer=tokenizer, template=template, config=config)
-        model.fingerprint = files_fingerprint(directory, backbone)
+        vision_id = (
+            backbone.fingerprint()["id"]
+            if backbone is not None
+            else describe_vision(**asdict(config.vision))[0]["id"]
+        )
+        model.fingerprint = files_fingerprint(directory, vision_id)
         return model.to(device).eval()
 
     @classmethod
@@ -309,8 +314,9 @@ class MLLM(nn.Module):
         return cls.from_params(params, stage1=stage1, **kwargs)
 
 
-def files_fingerprint(directory: Path, vision: VisionBackbone | None) -> str:
-    """sha256 over the saved weights and configs, and the vision backbone's identity."""
+def files_fingerprint(directory: Path, vision_id: str) -> str:
+    """sha256 over the saved weights and configs, and the vision backbone's identity (its
+    fingerprint id: the same whether or not the backbone is loaded)."""
     h = hashlib.sha256()
     files = sorted(
         [
@@ -327,6 +333,5 @@ def files_fingerprint(directory: Path, vision: VisionBackbone | None) -> str:
         with f.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
-    if vision is not None:
-        h.update(vision.fingerprint()["id"].encode())
+    h.update(vision_id.encode())
     return h.hexdigest()[:16]

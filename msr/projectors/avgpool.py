@@ -11,11 +11,9 @@ from torch import Tensor
 from msr.projectors.base import Projector
 from msr.projectors.grid import Grid, region_layout
 from msr.projectors.layers import build_mlp, mlp_macs, region_mean
-from msr.projectors.registry import register_projector
 
 
-@register_projector("avgpool")
-class AvgPoolProjector(Projector):
+class AvgPoolProjector(Projector, name="avgpool"):
     """Region mean + MLP. (B, N, d) -> (B, M, c)."""
 
     def __init__(

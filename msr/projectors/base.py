@@ -1,4 +1,10 @@
-"""The projector interface: every projector maps vision features (B, N, d) to LLM tokens (B, M, c)."""
+"""The projector interface: every projector maps vision features (B, N, d) to LLM tokens (B, M, c).
+
+A projector names itself where it is defined (`class MSResampler(Projector, name="ms_resampler")`)
+and is then buildable by that name (`msr.projectors.registry`). Its module needs only torch and its
+sibling modules, so the same source runs inside an exported model (`msr export --format
+remote-code`) where msr is not installed.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,16 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from msr.projectors.grid import Grid, resolve_grid
+
+PROJECTORS: dict[str, type[Projector]] = {}  # name -> class, as each projector module is imported
+
+
+def register(cls: type[Projector], name: str) -> None:
+    """Make `cls` buildable as `name`; a name taken by another class is an error."""
+    if name in PROJECTORS and PROJECTORS[name] is not cls:
+        raise ValueError(f"projector {name!r} is registered twice ({PROJECTORS[name]} and {cls})")
+    cls.name = name
+    PROJECTORS[name] = cls
 
 
 class Projector(nn.Module):
@@ -17,6 +33,11 @@ class Projector(nn.Module):
 
     name: ClassVar[str] = ""
     keeps_all_tokens: ClassVar[bool] = False  # True when the design outputs all N tokens (M = N)
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            register(cls, name)
 
     def __init__(
         self, *, vision_dim: int, llm_dim: int, num_queries: int, grid: Grid | None = None

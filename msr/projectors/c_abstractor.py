@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from msr.projectors.base import Projector
 from msr.projectors.grid import DEFAULT_GRID, Grid
 from msr.projectors.layers import build_mlp, mlp_macs
-from msr.projectors.registry import register_projector
 
 
 class RegBottleneck(nn.Module):
@@ -63,8 +62,7 @@ class RegBottleneck(nn.Module):
         return tokens * (c_in * c + 9 * c + c * c) + images * 2 * c * rd + proj
 
 
-@register_projector("c_abstractor")
-class CAbstractor(Projector):
+class CAbstractor(Projector, name="c_abstractor"):
     """Convolutional abstractor. (B, N, d) -> (B, M, c); M must be a square; grid defaults to 24×24."""
 
     def __init__(

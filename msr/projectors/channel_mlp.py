@@ -27,8 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from msr.projectors import kernels
-
 Impl = Literal["auto", "native", "torch"]
 IMPLS = ("auto", "native", "torch")
 _NATIVE_DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16"}
@@ -82,6 +80,10 @@ def native_unavailable(z: Tensor, w1: Tensor) -> str | None:
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
+    try:
+        from msr.projectors import kernels
+    except ImportError:  # this file runs inside an exported model, without msr: PyTorch ops
+        return None
     lib = kernels.load("channel_mlp")
     if lib is None:
         return None

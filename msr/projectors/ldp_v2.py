@@ -13,11 +13,9 @@ from torch import Tensor, nn
 from msr.projectors.base import Projector
 from msr.projectors.grid import Grid, region_layout
 from msr.projectors.layers import build_mlp, mlp_macs, region_mean
-from msr.projectors.registry import register_projector
 
 
-@register_projector("ldp_v2")
-class LDPv2Projector(Projector):
+class LDPv2Projector(Projector, name="ldp_v2"):
     """MLP → region mean → PEG. (B, N, d) -> (B, M, c)."""
 
     def __init__(

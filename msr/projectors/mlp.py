@@ -11,11 +11,9 @@ from torch import Tensor
 from msr.projectors.base import Projector
 from msr.projectors.grid import Grid
 from msr.projectors.layers import build_mlp, mlp_macs
-from msr.projectors.registry import register_projector
 
 
-@register_projector("mlp")
-class MLPProjector(Projector):
+class MLPProjector(Projector, name="mlp"):
     """Per-token MLP. (B, N, d) -> (B, N, c)."""
 
     keeps_all_tokens = True

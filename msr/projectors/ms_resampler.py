@@ -14,7 +14,6 @@ from torch import Tensor, nn
 from msr.projectors.base import Projector
 from msr.projectors.fusion import FusionName, build_fusion, fusion_macs
 from msr.projectors.grid import DEFAULT_GRID, Grid, region_layout
-from msr.projectors.registry import register_projector
 from msr.projectors.scope import scope_bias, scope_bias_stack
 from msr.projectors.scoped_attention import Order, ScopedAttention
 
@@ -37,8 +36,7 @@ def resolve_kernels(kernels: list[int] | str) -> tuple[int, ...]:
     return tuple(kernels)
 
 
-@register_projector("ms_resampler")
-class MSResampler(Projector):
+class MSResampler(Projector, name="ms_resampler"):
     """Multi-scope resampler. (B, N, d) -> (B, M, c)."""
 
     def __init__(

@@ -19,11 +19,9 @@ from torch import Tensor, nn
 from msr.projectors.base import Projector
 from msr.projectors.grid import DEFAULT_GRID, Grid, region_layout
 from msr.projectors.layers import space_to_depth
-from msr.projectors.registry import register_projector
 
 
-@register_projector("pixel_shuffle")
-class PixelShuffleProjector(Projector):
+class PixelShuffleProjector(Projector, name="pixel_shuffle"):
     """Space-to-depth + MLP head. (B, N, d) -> (B, M, c); the grid sizes the head (default 24×24)."""
 
     def __init__(

@@ -1,4 +1,5 @@
-"""Projector registry: `@register_projector("name")`, `build_projector`, and option validation.
+"""Projector registry: `build_projector`, option validation, and `@register_projector("name")` for a
+projector defined outside msr (msr's own name themselves: `class X(Projector, name="x")`).
 
 The registry is the one place that knows which projector classes exist (timm's `_registry.py` idea:
 https://github.com/huggingface/pytorch-image-models/blob/main/timm/models/_registry.py).
@@ -14,12 +15,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from msr.projectors.base import Projector
+from msr.projectors.base import PROJECTORS, Projector, register
 
 if TYPE_CHECKING:
     from msr.config import Projector as ProjectorParams
 
-PROJECTORS: dict[str, type[Projector]] = {}
 _DIMS = ("vision_dim", "llm_dim", "num_queries")
 
 P = TypeVar("P", bound=type[Projector])
@@ -29,12 +29,7 @@ def register_projector(name: str) -> Callable[[P], P]:
     """Class decorator: make `cls` buildable as `build_projector(name, ...)`."""
 
     def wrap(cls: P) -> P:
-        if name in PROJECTORS:
-            raise ValueError(
-                f"projector {name!r} is registered twice ({PROJECTORS[name]} and {cls})"
-            )
-        cls.name = name
-        PROJECTORS[name] = cls
+        register(cls, name)
         return cls
 
     return wrap

@@ -10,12 +10,10 @@ from torch import Tensor
 
 from msr.projectors.base import Projector
 from msr.projectors.grid import Grid
-from msr.projectors.registry import register_projector
 from msr.projectors.scoped_attention import Order, ScopedAttention
 
 
-@register_projector("resampler")
-class Resampler(Projector):
+class Resampler(Projector, name="resampler"):
     """Learned-query cross-attention. (B, N, d) -> (B, M, c)."""
 
     def __init__(

@@ -20,11 +20,9 @@ from torch import Tensor, nn
 from msr.projectors.base import Projector
 from msr.projectors.grid import Grid, region_layout
 from msr.projectors.layers import build_mlp, mlp_macs, region_blocks
-from msr.projectors.registry import register_projector
 
 
-@register_projector("tokenpacker")
-class TokenPacker(Projector):
+class TokenPacker(Projector, name="tokenpacker"):
     """Region-local point-to-region attention. (B, N, L·d) -> (B, M, c)."""
 
     def __init__(

@@ -4,7 +4,7 @@ The backbone, not params, knows its width d, patch size, native resolution and i
 (prismatic's `base_vision.py` is the model: https://github.com/TRI-ML/prismatic-vlms). It keeps the
 blocks up to `feature_layer` (HF `hidden_states` index; −2: the penultimate block, before any final
 norm, as LLaVA; `final_norm` applies the family's last LayerNorm to it), drops the prefix tokens (CLS, registers) or keeps CLS + patches, and folds the
-image normalisation into its patch embedding where that is exact (fold.py). A family is a subclass
+image normalisation into its patch embedding in bf16 (fold.py). A family is a subclass
 that names where its blocks and patch conv live and how many prefix tokens it has.
 """
 
@@ -105,8 +105,10 @@ class VisionBackbone(nn.Module):
         dtype: str = "bf16",
         final_norm: bool = False,
         device: str | torch.device = "cpu",
+        fold: bool = True,
     ) -> VisionBackbone:
-        """Load the weights of a hub id or local directory (revision pinned)."""
+        """Load the weights of a hub id or local directory (revision pinned); `fold=False` keeps
+        the patch embedding's weights as saved (msr.export writes them)."""
         config = AutoConfig.from_pretrained(model, revision=revision)
         spec = cls.image_spec(model, revision, config, image_size, aspect)
         hf = cls.model_class.from_pretrained(
@@ -120,6 +122,7 @@ class VisionBackbone(nn.Module):
             feature_layer=feature_layer,
             select=select,
             dtype=dtype,
+            fold=fold,
             final_norm=final_norm,
         )
         return backbone.to(device)

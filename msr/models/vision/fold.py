@@ -3,8 +3,9 @@ raw 0..255 pixels with weights W/(255σ) and the extra bias Σ W·(−μ/σ).
 
 Exact in real arithmetic for a conv without padding; in bf16 it rounds the scaled weights and the
 bias once more than HF's path, so features differ from HF's bf16 features by up to about twice HF's
-own bf16 error (tested). fp16, where the scaled weights would turn subnormal, normalises the pixels
-instead, as HF does.
+own bf16 error (tested). Only bf16 folds: fp32 is the reference path and keeps HF's arithmetic (the
+fold's cancellation of large terms moves fp32 features by ~3e-5 relative, which an exported model
+would not reproduce to 1e-4), and in fp16 the scaled weights would turn subnormal.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from torch import nn
 
 
 def folds_normalization(dtype: str) -> bool:
-    """Whether a tower of this dtype folds the normalisation into its patch embedding."""
-    return dtype != "fp16"
+    """Whether a tower of this dtype folds the normalisation into its patch embedding (bf16 only)."""
+    return dtype == "bf16"
 
 
 @torch.no_grad()
