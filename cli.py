@@ -229,19 +229,37 @@ def report(params: ParamsOpt = PARAMS, set_: SetOpt = None) -> None:
 
 @app.command(rich_help_panel=TOOLS)
 def predict(
-    image: Annotated[Path, typer.Option(help="An image file.")],
-    question: Annotated[str, typer.Option(help="The question about it.")],
+    image: Annotated[Path | None, typer.Option(help="An image file.")] = None,
+    question: Annotated[str | None, typer.Option(help="The question about it.")] = None,
+    input_: Annotated[
+        Path | None, typer.Option("--input", help="A JSONL: {image, question, id} per line.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="The answers JSONL (with --input).")] = None,
+    batch: Annotated[int, typer.Option(help="Questions per batch (with --input).")] = 8,
     params: ParamsOpt = PARAMS,
     set_: SetOpt = None,
     model: Annotated[Path | None, typer.Option(help="Model folder (paths.finetune).")] = None,
 ) -> None:
-    """Answer one question about one image. Example: `msr predict --image cat.jpg --question
-    "What colour is the cat?"`"""
+    """Answer a question about an image, or a JSONL of them in batches. Example: `msr predict
+    --image cat.jpg --question "What colour is the cat?"`; `msr predict --input q.jsonl --output
+    a.jsonl`"""
     from stages import predict as stage
 
+    single, many = image is not None and question is not None, input_ is not None
+    if single == many or (many and output is None) or batch < 1:
+        raise _fail(
+            "give --image and --question, or --input FILE.jsonl --output FILE.jsonl "
+            f"(--batch ≥ 1, got {batch})"
+        )
     p = _load(params, set_)
     with _reported():
-        console.print(stage.run(p, image, question, model))
+        if single:
+            assert image is not None and question is not None
+            console.print(stage.run(p, image, question, model))
+        else:
+            assert input_ is not None and output is not None
+            n = stage.run_file(p, input_, output, model, batch)
+            console.print(f"{n} answers in {output}", highlight=False)
 
 
 @app.command(name="export", rich_help_panel=TOOLS)

@@ -226,6 +226,54 @@ def test_predict_cli(trained: Params, tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "missing image: nope.jpg" in missing.output
 
 
+def test_predict_answers_a_jsonl_in_order(trained: Params, tmp_path: Path) -> None:
+    """`msr predict --input q.jsonl --output a.jsonl`: every line answered, in order, ids kept,
+    each answer the one `msr predict --image --question` gives; bad lines named before any model
+    loads, and no answers file written."""
+    import json
+
+    import yaml
+
+    from cli import app
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(trained.model_dump(mode="json")))
+    images = sorted((Path(trained.paths.synth) / "eval" / "gqa" / "data" / "images").glob("*.jpg"))
+    folder = tmp_path / "asks"
+    folder.mkdir()
+    rows = []
+    for i, image in enumerate(images[:3]):
+        (folder / image.name).write_bytes(image.read_bytes())
+        rows.append(
+            {"id": f"q{i}", "image": image.name, "question": "What color is the background?"}
+        )
+    rows.append({"question": "Is there a red shape?", "image": images[0].name})  # no id: its line
+    (folder / "q.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "a.jsonl"
+    args = ["predict", "--params", str(params_file), "--input", str(folder / "q.jsonl")]
+    result = CliRunner().invoke(app, [*args, "--output", str(out), "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["id"] for a in answers] == ["q0", "q1", "q2", 4]
+    for a, r in zip(answers, rows, strict=True):
+        single = CliRunner().invoke(app, ["predict", "--params", str(params_file), "--image",
+                                          str(folder / r["image"]), "--question", r["question"]])  # fmt: skip
+        assert a["answer"] == single.stdout.strip()
+    (folder / "bad.jsonl").write_text(
+        '{"question": "ok?", "image": "nope.jpg"}\nnot json\n{"image": "x.jpg"}\n'
+    )
+    bad = CliRunner().invoke(
+        app,
+        [*args[:3], "--input", str(folder / "bad.jsonl"), "--output", str(tmp_path / "b.jsonl")],
+    )
+    assert bad.exit_code == 2, bad.output
+    for part in ("3 bad line(s)", "line 1: missing image", "line 2: not json", "line 3: needs"):
+        assert part in " ".join(bad.output.split()), bad.output
+    assert not (tmp_path / "b.jsonl").exists()
+    both = CliRunner().invoke(app, [*args, "--image", str(images[0]), "--question", "q"])
+    assert both.exit_code == 2 and "give --image and --question, or --input" in both.output
+
+
 def write_custom_set(trained: Params, root: Path, metric: str = "exact_match") -> dict[str, str]:
     """A custom set made of the synthetic GQA questions, in the custom-set file format."""
     qs = make_benchmark("synth_gqa", None, trained.paths.synth).questions()[:9]
