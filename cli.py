@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.logging import RichHandler
@@ -17,6 +17,9 @@ from msr.commands.common import fail as _fail
 from msr.commands.common import load as _load
 from msr.commands.common import reported as _reported
 from msr.commands.tools import preset_app, projectors_app, recipe_app
+
+if TYPE_CHECKING:
+    from msr.config import Nodes
 
 PIPELINE, EXPERIMENTS, TOOLS = "Pipeline (the stages of dvc.yaml)", "Experiments", "Tools"
 app = typer.Typer(
@@ -47,13 +50,14 @@ def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False)
 
 
 def _relaunch(launcher: str, devices: int, command: str, params: Path, sets: list[str] | None,
-              *extra: str) -> bool:  # fmt: skip
+              *extra: str, nodes: Nodes | None = None) -> bool:  # fmt: skip
     """True when this command ran under the params' launcher (exits with its code if it failed);
     False when this process does the work itself."""
     from msr.runtime import relaunch
 
     argv = [command, "--params", str(params), *[f"--set={s}" for s in sets or []], *extra]
-    code = relaunch(launcher, devices, argv)
+    with _reported():
+        code = relaunch(launcher, devices, argv, nodes)
     if code:
         err_console.print(f"[red]error:[/red] {command} exited with code {code}", highlight=False)
         raise typer.Exit(code)
@@ -102,7 +106,8 @@ def features(
     p = _load(params, set_)
     if not merge_only and rank is None:
         extra = stage.launch_options(device, workers, streams, verify)
-        if _relaunch(p.data.launcher, p.data.num_devices, "features", params, set_, *extra):
+        if _relaunch(p.data.launcher, p.data.num_devices, "features", params, set_, *extra,
+                     nodes=p.nodes):  # fmt: skip
             return
     with _reported(), bars(err_console) as bar:
         report = stage.merge_only(p) if merge_only else stage.run(
@@ -125,7 +130,7 @@ def _train(
     p = _load(params, set_)
     cfg = stage_config(p, stage)  # type: ignore[arg-type]
     extra = ["--resume", resume, *(["--trace-samples", str(trace)] if trace else [])]
-    if _relaunch(cfg.launcher, cfg.num_devices, stage, params, set_, *extra):
+    if _relaunch(cfg.launcher, cfg.num_devices, stage, params, set_, *extra, nodes=p.nodes):
         return
 
     with _reported(), bars(err_console) as bar:
@@ -180,7 +185,7 @@ def eval_(params: ParamsOpt = PARAMS, set_: SetOpt = None) -> None:
     from stages import eval as stage
 
     p = _load(params, set_)
-    if _relaunch(p.eval.launcher, p.eval.num_devices, "eval", params, set_):
+    if _relaunch(p.eval.launcher, p.eval.num_devices, "eval", params, set_, nodes=p.nodes):
         return
     with _reported(), bars(err_console) as bar:
         summary = stage.run(p, progress=bar.set)

@@ -217,7 +217,7 @@ class Projector(Section):
 
 class Train(Section):
     """One training stage (stage 1 `pretrain` or stage 2 `finetune`). Global batch =
-    per_device_batch × grad_accum × num_devices."""
+    per_device_batch × grad_accum × num_devices × nodes.count."""
 
     lr: float = Field(gt=0)
     projector_lr: float | None = Field(None, gt=0)  # None: `lr` (LLaVA's mm_projector_lr)
@@ -248,6 +248,7 @@ class Train(Section):
 
     @property
     def global_batch(self) -> int:
+        """Samples per optimizer step on one node (× nodes.count on several)."""
         return self.per_device_batch * self.grad_accum * self.num_devices
 
 
@@ -357,6 +358,22 @@ class Bench(Section):
     threads: int | None = Field(None, gt=0)
 
 
+class Nodes(Section):
+    """Several machines (docs/gpus.md). Every stage's launcher starts `num_devices` processes on each
+    of `count` nodes; checkpoints, features and reports live on a filesystem every node sees.
+    torchrun: one agent per node, meeting at master_addr:master_port (c10d rendezvous, ranks in
+    the order nodes join). deepspeed: the hostfile lists the nodes; with `ssh` the first node starts
+    them all (pdsh), otherwise one launcher per node (SLURM's srun) with its `rank`."""
+
+    count: int = Field(1, gt=0)
+    rank: int | None = Field(None, ge=0)  # None: $SLURM_NODEID, $NODE_RANK or $GROUP_RANK
+    master_addr: str | None = None  # the first node's address; None: $MASTER_ADDR
+    master_port: int = Field(29500, gt=0, lt=65536)
+    hostfile: str | None = None  # deepspeed: `host slots=N` per line (MPI style)
+    ssh: bool = False  # deepspeed: start every node from this one over passwordless ssh
+    job_id: str = Field("msr", pattern=r"^[A-Za-z0-9_.-]+$")  # torchrun's rendezvous id
+
+
 class Params(Section):
     """The whole params.yaml."""
 
@@ -371,6 +388,7 @@ class Params(Section):
     profile: Profile = Field(default_factory=Profile)
     probe: Probe = Field(default_factory=Probe)
     bench: Bench
+    nodes: Nodes = Field(default_factory=Nodes)
 
     @model_validator(mode="after")
     def _built_models_live_under_paths_models(self) -> Params:

@@ -73,6 +73,40 @@ def msr(params: Params, command: str, *args: str, where: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
+def test_two_nodes_stage1(workspace: Params, tmp_path: Path) -> None:
+    """Two torchrun agents on this machine as two nodes (nodes.count=2, one process each, c10d
+    rendezvous), started side by side as SLURM's srun starts one per node: ranks see disjoint
+    samples, end with identical parameters, and the saved projector equals them."""
+    from msr.runtime import free_port
+
+    raw = workspace.model_dump(mode="json")
+    raw["paths"]["pretrain"] = str(tmp_path / "pretrain")
+    raw["pretrain"]["num_devices"] = 1
+    port = free_port()
+    raw["nodes"] = {
+        "count": 2,
+        "master_addr": "127.0.0.1",
+        "master_port": port,
+        "job_id": f"t{port}",
+    }
+    params = parse_params(raw)
+    params_file = tmp_path / "pretrain.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    trace = tmp_path / "trace"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    cmd = [sys.executable, str(ROOT / "cli.py"), "pretrain", "--params", str(params_file),
+           "--trace-samples", str(trace)]  # fmt: skip
+    nodes = [subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]  # fmt: skip
+    outs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(o[-3000:] for o in outs)
+    digests = check_ranks(trace)
+    saved = pfiles.load_projector(Path(params.paths.pretrain))
+    assert state_digest(saved.state_dict()) == digests["projector"]
+
+
 def launch(params: Params, stage: str, trace: Path) -> None:
     msr(params, stage, "--trace-samples", str(trace), where=trace.parent)
 
