@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 SMALL_REAL := $(VENV)/.small-real
+LMMS := $(VENV)/.lmms
 
 # On a CUDA machine (nvidia-smi present) setup checks that torch sees the GPUs. torch==2.13.0's
 # default Linux x86-64 wheel is the CUDA 12 build; for another CUDA version pass the PyTorch wheel
@@ -15,7 +16,7 @@ GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo 1)
 TORCH_INDEX ?=
 FLASH_ATTN ?=
 
-.PHONY: setup setup-small-real repro small-real test test-slow test-all check bench gpu-smoke clean-venv
+.PHONY: setup setup-small-real repro small-real test test-slow test-integrations test-all check bench gpu-smoke clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -52,7 +53,18 @@ test: setup-small-real  ## the default test suite (CPU, a few minutes; the small
 test-slow: setup-small-real  ## only the slow tests: several processes (torchrun, deepspeed), dvc experiments
 	$(PY) -m pytest -q -m slow
 
-test-all: setup-small-real  ## both
+$(LMMS): $(SMALL_REAL)
+	# lmms-eval and its dependencies; torch stays the pinned build
+	$(PY) -m pip install --quiet -e ".[dev,small-real,lmms]" torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	# torchvision's compiled ops must match torch's build; where they do not (a CPU build of torch
+	# from another index), it is removed: msr's lmms-eval model and image tasks do not need it
+	$(PY) -c "import torchvision" 2>/dev/null || $(PY) -m pip uninstall --quiet -y torchvision
+	touch $(LMMS)
+
+test-integrations: $(LMMS)  ## msr inside other tools: lmms-eval end to end (adds the [lmms] extra to .venv)
+	$(PY) -m pytest -q -m integration
+
+test-all: setup-small-real  ## fast and slow (not the integrations)
 	$(PY) -m pytest -q -m "slow or not slow"
 
 check: setup  ## lint, format check, type check, fast tests

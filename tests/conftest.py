@@ -75,3 +75,55 @@ def relocated(params: Params, root: Path, *names: str) -> dict:
     raw = params.model_dump(mode="json")
     raw["paths"].update({name: str(root / name) for name in names})
     return raw
+
+
+def random_tower(root: Path, family: str, native: int) -> Path:
+    """A tiny random tower of `family`, native at `native` px, saved with its HF image processor."""
+    from msr.config import VisionBuild
+    from msr.models.tiny import build_vision
+
+    path = root / f"{family}-{native}"
+    if not path.exists():
+        build = VisionBuild(
+            family=family, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64
+        )
+        model, processor = build_vision(build, native)
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+    return path
+
+
+def random_model(
+    workspace: Params,
+    root: Path,
+    family: str = "clip",
+    projector: str = "ms_resampler",
+    *,
+    native: int = 112,
+    size: int = 112,
+    num_queries: int = 16,
+    final_norm: bool = False,
+) -> Path:
+    """An msr model folder as stage 2 saves it (fp32), untrained but not silent: a tower of `family`
+    at `size` px, a `projector` and the workspace's tiny LLM, their weights moved off their init so
+    that image tokens matter and greedy answers vary (a random tied LLM repeats its input)."""
+    from msr.config import parse_params
+    from msr.models.mllm import MLLM
+
+    raw = workspace.model_dump(mode="json")
+    raw["vision"].update(model=str(random_tower(root, family, native)), image_size=size,
+                         dtype="fp32", final_norm=final_norm, build=None)  # fmt: skip
+    grid = size // 14
+    tokens = grid * grid if projector == "mlp" else num_queries
+    raw["projector"].update(name=projector, num_queries=tokens, options={})
+    params = parse_params(raw)
+    model, _ = MLLM.from_params(params, vision_width=32, grid=(grid, grid), dtype="fp32")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.projector.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        for p in model.llm.get_decoder().layers.parameters():
+            p.add_(torch.randn_like(p) * 0.15)
+    out = root / f"model-{family}-{projector}-{size}-{int(final_norm)}"
+    model.save_pretrained(out, dtype="fp32")
+    return out

@@ -17,65 +17,15 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from msr.config import Params, VisionBuild, parse_params
+from msr.config import Params
 from msr.eval.benchmarks import ImageRef, Question
 from msr.eval.generate import GenerationArgs, Generator
 from msr.export import export
 from msr.models.mllm import MLLM
-from msr.models.tiny import build_vision
+from tests.conftest import random_model
 
 QUESTION = "What colour is the circle?"
 NEW_TOKENS = 6
-
-
-def tower(root: Path, family: str, native: int) -> Path:
-    """A tiny random tower of `family`, native at `native` px, with its HF image processor."""
-    path = root / f"{family}-{native}"
-    if not path.exists():
-        build = VisionBuild(
-            family=family, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64
-        )
-        model, processor = build_vision(build, native)
-        model.save_pretrained(path)
-        processor.save_pretrained(path)
-    return path
-
-
-def trained(
-    workspace: Params,
-    root: Path,
-    family: str,
-    projector: str,
-    *,
-    native: int = 112,
-    size: int = 112,
-    num_queries: int = 16,
-    final_norm: bool = False,
-) -> Path:
-    """An msr model as stage 2 saves it (fp32): a tower of `family` at `size` px, a randomly
-    initialised `projector`, the workspace's tiny LLM."""
-    raw = workspace.model_dump(mode="json")
-    raw["vision"].update(
-        model=str(tower(root, family, native)),
-        image_size=size,
-        dtype="fp32",
-        final_norm=final_norm,
-        build=None,
-    )
-    grid = size // 14
-    tokens = grid * grid if projector == "mlp" else num_queries
-    raw["projector"].update(name=projector, num_queries=tokens, options={})
-    params = parse_params(raw)
-    model, _ = MLLM.from_params(params, vision_width=32, grid=(grid, grid), dtype="fp32")
-    torch.manual_seed(1)
-    with torch.no_grad():  # image tokens that matter and answers that vary: larger than init
-        for p in model.projector.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-        for p in model.llm.get_decoder().layers.parameters():  # a random tied LLM repeats its input
-            p.add_(torch.randn_like(p) * 0.15)
-    out = root / f"model-{family}-{projector}-{size}-{int(final_norm)}"
-    model.save_pretrained(out, dtype="fp32")
-    return out
 
 
 def exported(model_dir: Path, fmt: str) -> Path:
@@ -143,7 +93,7 @@ def test_export_answers_as_msr_predict(
 ) -> None:
     projector = "mlp" if fmt == "llava-hf" else "ms_resampler"
     # CLIP and SigLIP native at 224, used at 112: the exported tower holds the interpolated table
-    model_dir = trained(
+    model_dir = random_model(
         tiny_workspace, tmp_path, family, projector, native=224 if family != "dinov2" else 112
     )
     out = export(model_dir, exported(model_dir, fmt), fmt)
@@ -180,7 +130,7 @@ def test_the_export_needs_no_msr(
     tiny_workspace: Params, tmp_path: Path, fmt: str, projector: str
 ) -> None:
     """Loaded and run by transformers alone, the export answers with msr predict's tokens."""
-    model_dir = trained(tiny_workspace, tmp_path, "dinov2", projector)
+    model_dir = random_model(tiny_workspace, tmp_path, "dinov2", projector)
     out = export(model_dir, exported(model_dir, fmt), fmt)
     img = image(tmp_path / "img.png")
     _, _, _, tokens = msr_answer(model_dir, img)
@@ -258,11 +208,11 @@ def test_every_projector_runs_as_exported_code(tmp_path: Path) -> None:
 
 
 def test_llava_hf_names_what_llava_cannot_express(tiny_workspace: Params, tmp_path: Path) -> None:
-    model_dir = trained(tiny_workspace, tmp_path, "clip", "ms_resampler")
+    model_dir = random_model(tiny_workspace, tmp_path, "clip", "ms_resampler")
     with pytest.raises(ValueError, match=r"projector is 'ms_resampler'.*--format remote-code"):
         export(model_dir, tmp_path / "export", "llava-hf")
     assert not (tmp_path / "export").exists() and not (tmp_path / "export.tmp").exists()
-    normed = trained(tiny_workspace, tmp_path, "dinov2", "mlp", final_norm=True)
+    normed = random_model(tiny_workspace, tmp_path, "dinov2", "mlp", final_norm=True)
     with pytest.raises(ValueError, match=r"final LayerNorm"):
         export(normed, tmp_path / "export", "llava-hf")
     with pytest.raises(ValueError, match=r"--format 'gguf'; accepted: llava-hf, remote-code"):
@@ -271,6 +221,6 @@ def test_llava_hf_names_what_llava_cannot_express(tiny_workspace: Params, tmp_pa
 
 def test_final_norm_is_exported_as_code(tiny_workspace: Params, tmp_path: Path) -> None:
     """DINOv2's final LayerNorm on the features (vision.final_norm): remote code applies it too."""
-    model_dir = trained(tiny_workspace, tmp_path, "dinov2", "avgpool", final_norm=True)
+    model_dir = random_model(tiny_workspace, tmp_path, "dinov2", "avgpool", final_norm=True)
     out = export(model_dir, exported(model_dir, "remote-code"), "remote-code")
     assert_same_answer(model_dir, out, image(tmp_path / "img.png"), "remote-code")
