@@ -165,3 +165,47 @@ def test_lmms_eval_scores_equal_msr_eval(model: Params, tmp_path: Path, processe
     assert len(samples) == len(predictions) == 12
     for s in samples:
         assert s["filtered_resps"] == predictions[s["doc_id"]], s
+
+
+def test_loglikelihood_knows_the_greedy_answer(model: Params) -> None:
+    """The continuation greedy decoding produces is greedy with the highest log-probability; any
+    other continuation of the same length is not greedy."""
+    from lmms_eval.api.instance import Instance
+
+    from msr.integrations.lmms_eval import MsrLMM
+
+    lm = MsrLMM(pretrained=model.paths.finetune, dtype="fp32", batch_size=1)
+    q = make_benchmark("synth_gqa", None, model.paths.synth).questions()[0]
+    assert q.image is not None and q.image.path is not None
+    docs = {0: {"image": str(q.image.path)}}
+    lm.task_dict = {"t": {"test": docs}}
+
+    def visual(doc: dict) -> list:
+        from PIL import Image
+
+        return [Image.open(doc["image"]).convert("RGB")]
+
+    generator = Generator(lm.model, GenerationArgs(max_new_tokens=4))
+    ids, attention, image_mask, features = generator.inputs([q])
+    new = lm.model.generate(ids, attention, image_mask, features, max_new_tokens=4, do_sample=False,
+                            eos_token_id=generator.stop_ids, pad_token_id=generator.pad_id)[0]  # fmt: skip
+    tok = lm.model.tokenizer
+    assert tok is not None
+    # the longest greedy prefix whose text tokenizes back to it (a byte-level BPE may split a
+    # character between tokens)
+    ids = new.tolist()
+    k = max(k for k in range(1, len(ids) + 1)
+            if tok(tok.decode(ids[:k]), add_special_tokens=False)["input_ids"] == ids[:k])  # fmt: skip
+    greedy = tok.decode(ids[:k])
+    other = tok.decode([(t + 1) % len(tok) for t in ids[:k]])
+    requests = [
+        Instance(
+            "loglikelihood",
+            (q.text, c, visual, 0, "t", "test"),
+            idx=i,
+            metadata={"task": "t", "doc_id": 0, "repeats": 1},
+        )
+        for i, c in enumerate((greedy, other))
+    ]
+    (lp_greedy, is_greedy), (lp_other, other_greedy) = lm.loglikelihood(requests)
+    assert is_greedy and not other_greedy and lp_greedy > lp_other
