@@ -58,7 +58,7 @@ def msr_answer(
 def hf_answer(out: Path, img: Path, fmt: str) -> tuple[torch.Tensor, torch.Tensor, list[int], int]:
     """(input ids, logits, greedy tokens, image token id) of the exported folder, plain transformers."""
     remote = fmt == "remote-code"
-    processor = AutoProcessor.from_pretrained(out, trust_remote_code=remote)
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=remote, backend="pil")
     model = AutoModelForImageTextToText.from_pretrained(
         out, trust_remote_code=remote, dtype=torch.float32
     )
@@ -145,7 +145,7 @@ def test_the_export_needs_no_msr(
         except ModuleNotFoundError:
             pass
         out = {str(out)!r}
-        processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(out, trust_remote_code=True, backend="pil")
         model = AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=True)
         messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": {QUESTION!r}}}]}}]
         prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
