@@ -13,31 +13,21 @@ import yaml
 from msr.config import Params
 from msr.models.mllm import MLLMConfig
 
-USAGE = {
-    "llava-hf": """```python
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+USAGE = """```python
+from transformers import {model_class}, AutoProcessor
 from PIL import Image
 
-model = LlavaForConditionalGeneration.from_pretrained("{repo}")
-processor = AutoProcessor.from_pretrained("{repo}")
+model = {model_class}.from_pretrained("{repo}"{remote})
+processor = AutoProcessor.from_pretrained("{repo}"{remote}, backend="pil")
 messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is in the image?"}}]}}]
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
 inputs = processor(images=Image.open("image.png"), text=prompt, return_tensors="pt")
 out = model.generate(**inputs)
 print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```""",
-    "remote-code": """```python
-from transformers import AutoModelForImageTextToText, AutoProcessor
-from PIL import Image
-
-model = AutoModelForImageTextToText.from_pretrained("{repo}", trust_remote_code=True)
-processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)
-messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is in the image?"}}]}}]
-prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-inputs = processor(images=Image.open("image.png"), text=prompt, return_tensors="pt")
-out = model.generate(**inputs)
-print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```""",
+```"""
+MODEL_CLASS = {
+    "llava-hf": "LlavaForConditionalGeneration",
+    "remote-code": "AutoModelForImageTextToText",
 }
 
 
@@ -125,10 +115,15 @@ def model_card(
         "",
         "## Use",
         "",
-        USAGE[fmt].format(repo=repo),
+        USAGE.format(
+            model_class=MODEL_CLASS[fmt],
+            repo=repo,
+            remote=", trust_remote_code=True" if fmt == "remote-code" else "",
+        ),
         "",
         "Greedy decoding as in `generation_config.json` gives the answers msr gives. The image "
-        "processor pads to a square with the mean colour, as LLaVA-1.5.",
+        'processor pads to a square with the mean colour, as LLaVA-1.5; `backend="pil"` keeps '
+        "msr's exact resizing (torchvision's bicubic differs by a few intensity levels).",
     ]
     if params is not None:
         lines += ["", "## Training", "", *_recipe(params)]

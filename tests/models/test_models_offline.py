@@ -19,7 +19,7 @@ from transformers import (
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from msr.config import Params, VisionBuild
+from msr.config import Params
 from msr.data.templates import make_template
 from msr.models.preprocess import (
     ImageSpec,
@@ -30,8 +30,8 @@ from msr.models.preprocess import (
     preprocess,
     stack_hwc,
 )
-from msr.models.tiny import build_vision
 from msr.models.vision import describe_vision, fold_normalization, load_vision
+from tests.conftest import random_tower
 
 
 @pytest.fixture(autouse=True)
@@ -72,16 +72,7 @@ FAMILIES = [("clip", 336), ("clip", 224), ("siglip", 336), ("dinov2", 336), ("di
 
 
 def family_tower(root: Path, family: str, native: int) -> str:
-    """A tiny random tower of `family`, native at `native` px, saved with its HF processor."""
-    path = root / f"{family}-{native}"
-    if not path.exists():
-        build = VisionBuild(
-            family=family, hidden_size=32, num_layers=3, num_heads=2, intermediate_size=64
-        )
-        model, processor = build_vision(build, native)
-        model.save_pretrained(path)
-        processor.save_pretrained(path)
-    return str(path)
+    return str(random_tower(root, family, native))
 
 
 @pytest.fixture(scope="module")
