@@ -224,3 +224,27 @@ def test_final_norm_is_exported_as_code(tiny_workspace: Params, tmp_path: Path) 
     model_dir = random_model(tiny_workspace, tmp_path, "dinov2", "avgpool", final_norm=True)
     out = export(model_dir, exported(model_dir, "remote-code"), "remote-code")
     assert_same_answer(model_dir, out, image(tmp_path / "img.png"), "remote-code")
+
+
+def test_the_model_card_is_written_from_the_run(tiny_workspace: Params, tmp_path: Path) -> None:
+    """The card states the backbones, projector and options, the recipe of the params given and the
+    eval of this very model with its intervals; an eval of another model is refused."""
+    from msr.models.mllm import MLLM
+
+    model_dir = random_model(tiny_workspace, tmp_path, "clip", "avgpool")
+    fingerprint = MLLM.from_pretrained(model_dir, vision=False).fingerprint
+    interval = {"metric": "acc", "n": 300, "value": 41.0, "lo": 35.6, "hi": 46.6}
+    scores = {"model": {"fingerprint": fingerprint}, "intervals": {"synth_gqa": interval},
+              "headline": {"synth_gqa": 41.0}}  # fmt: skip
+    out = export(model_dir, exported(model_dir, "remote-code"), "remote-code",
+                 params=tiny_workspace, evaluation=scores)  # fmt: skip
+    card = (out / "README.md").read_text()
+    head = card.split("---")[1]
+    for needed in ("license: apache-2.0", "pipeline_tag: image-text-to-text", "projector-avgpool",
+                   "library_name: transformers"):  # fmt: skip
+        assert needed in head, needed
+    assert "`avgpool`" in card and "**finetune**: lr" in card
+    assert "| synth_gqa | acc | 300 | 41.0 | [35.6, 46.6] |" in card
+    other = {**scores, "model": {"fingerprint": "0123456789abcdef"}}
+    with pytest.raises(ValueError, match=r"scored on model '0123456789abcdef', not on this one"):
+        export(model_dir, tmp_path / "other", "remote-code", evaluation=other)
