@@ -42,7 +42,16 @@ def fit_embeddings(llm: PreTrainedModel, vocab: int) -> None:
                 bias[old:] = bias[:old].mean()
 
 
-def generation_config(tokenizer: Any, template: Template, max_new_tokens: int) -> GenerationConfig:
+def with_image_token(tokenizer: Any, llm: PreTrainedModel) -> int:
+    """`<image>` in the tokenizer and an embedding row for it in the LLM (both formats); its id."""
+    image_token_id = add_image_token(tokenizer)
+    fit_embeddings(llm, len(tokenizer))
+    return image_token_id
+
+
+def generation_config(
+    tokenizer: Any, template: Template, max_new_tokens: int = 128
+) -> GenerationConfig:
     """Greedy, ending on EOS or the template's end-of-turn token, as `msr predict` and `msr eval`."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return GenerationConfig(

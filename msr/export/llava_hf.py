@@ -14,7 +14,7 @@ from typing import Any
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from msr.export.chat import chat_template
-from msr.export.language import add_image_token, fit_embeddings, generation_config
+from msr.export.language import generation_config, with_image_token
 from msr.export.vision import ExportedVision
 from msr.models.mllm import MLLM
 from msr.models.vision import DTYPES
@@ -50,9 +50,8 @@ def write_llava_hf(model: MLLM, vision: ExportedVision, out: Path, dtype: str) -
     check_llava(model, vision)
     assert model.tokenizer is not None and model.template is not None
     tokenizer = model.tokenizer
-    image_token_id = add_image_token(tokenizer)
     llm = model.llm
-    fit_embeddings(llm, len(tokenizer))
+    image_token_id = with_image_token(tokenizer, llm)
     default = vision.select == "patch" and vision.prefix_tokens == 1  # LLaVA's "default" drops CLS
     config = LlavaConfig(
         vision_config=vision.config.to_dict(),
@@ -74,7 +73,7 @@ def write_llava_hf(model: MLLM, vision: ExportedVision, out: Path, dtype: str) -
     hf.model.multi_modal_projector.linear_2.load_state_dict(second.state_dict())
     hf.model.language_model.load_state_dict(llm.get_decoder().state_dict())
     hf.lm_head.load_state_dict(llm.get_output_embeddings().state_dict())
-    hf.generation_config = generation_config(tokenizer, model.template, 128)
+    hf.generation_config = generation_config(tokenizer, model.template)
     hf.save_pretrained(out, safe_serialization=True)
     processor = LlavaProcessor(
         image_processor=vision.image_processor(),

@@ -17,7 +17,7 @@ from types import ModuleType
 
 from msr.export.bundle import projector_sources
 from msr.export.chat import chat_template
-from msr.export.language import add_image_token, fit_embeddings, generation_config
+from msr.export.language import generation_config, with_image_token
 from msr.export.vision import ExportedVision
 from msr.models.mllm import MLLM
 from msr.models.vision import DTYPES
@@ -77,9 +77,8 @@ def _write(
 ) -> None:
     assert model.config is not None and model.tokenizer is not None and model.template is not None
     tokenizer = model.tokenizer
-    image_token_id = add_image_token(tokenizer)
     llm = model.llm
-    fit_embeddings(llm, len(tokenizer))
+    image_token_id = with_image_token(tokenizer, llm)
     config_class = code["configuration_msr"].MsrConfig
     model_class = code["modeling_msr"].MsrForConditionalGeneration
     processor_class = code["processing_msr"].MsrProcessor
@@ -99,7 +98,7 @@ def _write(
     hf.vision_tower.load_state_dict(vision.state)
     hf.projector.load_state_dict(model.projector.state_dict())
     hf.language_model.load_state_dict(llm.state_dict())
-    hf.generation_config = generation_config(tokenizer, model.template, 128)
+    hf.generation_config = generation_config(tokenizer, model.template)
     hf.save_pretrained(out, safe_serialization=True)
     processor = processor_class(
         image_processor=vision.image_processor(),
