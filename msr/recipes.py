@@ -6,10 +6,14 @@ any preset: the params file decides the backbones and the data.
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from msr.utils.io import atomic_write_bytes
 
 PROJECTORS_AT_BUDGET = (
     "ms_resampler,resampler,pixel_shuffle,c_abstractor,ldp_v2,tokenpacker,avgpool"
@@ -138,3 +142,27 @@ def commands(
             cmd += ["-S", s]
         out.append(cmd)
     return out
+
+
+class RecipeFailed(Exception):
+    """A `dvc exp run` of a recipe exited non-zero."""
+
+
+def run(
+    cmds: Sequence[list[str]],
+    sequential: bool,
+    params: Path = Path("params.yaml"),
+    call: Callable[[list[str]], int] = subprocess.call,
+) -> None:
+    """Run a recipe's command lines in order. A workspace `dvc exp run` leaves its `-S` overrides in
+    the params file, so before each experiment of a sequential recipe after the first the file is
+    put back as the recipe found it: each experiment is its own overrides of the same params."""
+    base = params.read_bytes() if sequential and params.exists() else None
+    for i, cmd in enumerate(cmds):
+        if i and base is not None:
+            atomic_write_bytes(params, base)
+        if call(cmd) != 0:
+            done = f"the {i} before it are done, " if i else ""
+            raise RecipeFailed(
+                f"{' '.join(cmd)} failed; {done}the {len(cmds) - i - 1} after it did not run"
+            )

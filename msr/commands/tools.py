@@ -96,11 +96,21 @@ def recipe_queue(
     import shlex
     import subprocess
 
-    from msr.recipes import commands
+    from msr.recipes import RecipeFailed, commands, recipe, run
 
     with reported():
         cmds = commands(name, tuple(set_ or ()), tuple(only or ()))
-    for cmd in cmds:
+        sequential = recipe(name).sequential
+    if dry:
+        for cmd in cmds:
+            console.print(shlex.join(cmd), highlight=False)
+        return
+
+    def call(cmd: list[str]) -> int:
         console.print(shlex.join(cmd), highlight=False)
-        if not dry and subprocess.call(cmd) != 0:
-            raise fail(f"{shlex.join(cmd)} failed")
+        return subprocess.call(cmd)
+
+    try:
+        run(cmds, sequential, call=call)
+    except RecipeFailed as err:
+        raise fail(str(err)) from None
