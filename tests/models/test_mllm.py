@@ -86,3 +86,26 @@ def test_width_mismatch() -> None:
         MLLM(
             LLMS["llama"](), build_projector("resampler", vision_dim=16, llm_dim=64, num_queries=4)
         )
+
+
+@pytest.mark.parametrize("projector", ["resampler", "ms_resampler", "avgpool"])
+def test_a_batch_without_images_trains_against_a_frozen_llm(projector: str) -> None:
+    """Stage 2 with the LLM frozen meets text-only batches: the loss still reaches the projector
+    (zero gradient), so backward runs and every weight gets a gradient on every rank."""
+    torch.manual_seed(0)
+    options = {"grid": (4, 4)}
+    proj = build_projector(projector, vision_dim=16, llm_dim=48, num_queries=4, **options)
+    model = MLLM(LLMS["llama"](), proj)
+    model.llm.requires_grad_(False)
+    ids, attn, _, labels = batch(4)
+    no_image = torch.zeros_like(attn, dtype=torch.bool)
+    out = model(ids, attn, no_image, None, labels)
+    out.loss.backward()  # without the blank image: "element 0 of tensors does not require grad"
+    grads = [p.grad for p in model.projector.parameters()]
+    assert all(g is not None and not g.any() for g in grads)
+    model.eval()  # outside training nothing is added and the projector does not run
+    before = model(ids, attn, no_image, None, labels).loss
+    assert not before.requires_grad
+    with torch.no_grad():
+        model.train()
+        assert model(ids, attn, no_image, None, labels).loss == before
