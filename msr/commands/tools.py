@@ -101,16 +101,12 @@ def recipe_queue(
     with reported():
         cmds = commands(name, tuple(set_ or ()), tuple(only or ()))
         sequential = recipe(name).sequential
-    if dry:
-        for cmd in cmds:
-            console.print(shlex.join(cmd), highlight=False)
-        return
 
     def call(cmd: list[str]) -> int:
         console.print(shlex.join(cmd), highlight=False)
-        return subprocess.call(cmd)
+        return 0 if dry else subprocess.call(cmd)
 
-    try:
-        run(cmds, sequential, call=call)
+    try:  # a dry run prints each command and leaves params.yaml alone
+        run(cmds, sequential and not dry, call=call)
     except RecipeFailed as err:
         raise fail(str(err)) from None

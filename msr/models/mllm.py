@@ -142,14 +142,14 @@ class MLLM(nn.Module):
             )
         return self.vision(pixels)
 
-    def _blank_image_term(self) -> Tensor:
-        """In training, 0 × the projector's output on one blank image, else 0: a batch without
+    def _blank_image_term(self) -> Tensor | None:
+        """In training, 0 × the projector's output on one blank image, else None: a batch without
         images still reaches the projector, so a stage with the LLM frozen has a loss to
         differentiate and every rank's gradients cover the same weights (LLaVA gives text-only
         samples a zero image for the same reason: https://github.com/haotian-liu/LLaVA, train.py)."""
         param = next(self.projector.parameters())
         if not (self.training and torch.is_grad_enabled() and param.requires_grad):
-            return param.new_zeros(())
+            return None
         h, w = self.projector.grid or (1, 1)
         blank = param.new_zeros(1, h * w, self.projector.input_dim)  # (1, N, d)
         return self.projector(blank).sum() * 0.0
@@ -161,7 +161,8 @@ class MLLM(nn.Module):
         if features is None or features.numel() == 0:
             if positions:
                 raise ValueError(f"{positions} image positions in the batch but no image features")
-            return embeds + self._blank_image_term().to(embeds.dtype)
+            blank = self._blank_image_term()
+            return embeds if blank is None else embeds + blank.to(embeds.dtype)
         tokens = self.image_tokens(features)  # (I, M, c)
         produced = tokens.shape[0] * tokens.shape[1]
         if produced != positions:
